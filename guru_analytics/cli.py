@@ -36,21 +36,567 @@ def _exit_code(exc: GuruAnalyticsError) -> int:
     return 1
 
 
+# Each entry: (add_parser_function, command_function). Sections below register here.
+COMMANDS: dict[str, tuple[Callable[..., None], Callable[[argparse.Namespace], int]]] = {}
+
+
 # --- serve (local Gurubase-compatible server) -------------------------------------------
 # (section owned by the server work)
+
+
+def _rate(value: str) -> int | None:
+    """``--rate-limit``: a positive integer, or ``none`` to switch the limit off."""
+    if value.strip().lower() in ("none", "off", "0"):
+        return None
+    try:
+        n = int(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of requests or 'none', got {value!r}"
+        ) from exc
+    if n < 1:
+        raise argparse.ArgumentTypeError("the rate limit must be >= 1 (or 'none')")
+    return n
+
+
+def _share(value: str) -> float:
+    """A probability / share between 0 and 1."""
+    try:
+        x = float(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected a number between 0 and 1, got {value!r}"
+        ) from exc
+    if not 0.0 <= x <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value!r}")
+    return x
+
+
+def _non_negative(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}") from exc
+    if x < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
+    return x
+
+
+def _add_serve(sub: argparse._SubParsersAction, name: str) -> None:
+    p = sub.add_parser(
+        name,
+        help="run a local Gurubase-compatible API server with synthetic data",
+        description="Serve a synthetic guru over the Gurubase sessions API (List Sessions, Get "
+        "Session) on this machine, for trying the client, notebooks and reports without an API "
+        "key. Runs in the foreground until Ctrl-C.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument(
+        "--port", type=int, default=8029, help="port to listen on; 0 = any free port (default 8029)"
+    )
+    p.add_argument(
+        "--sessions", type=int, default=5000, help="number of synthetic sessions (default 5000)"
+    )
+    p.add_argument("--users", type=int, default=50, help="number of external users (default 50)")
+    p.add_argument(
+        "--days", type=int, default=120, help="days of history before --end (default 120)"
+    )
+    p.add_argument(
+        "--end", default=None, help="end of the history, ISO 8601 with offset (default: now)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="random seed for data, ties and faults (default 0)"
+    )
+    p.add_argument("--guru", default="demo-guru", help="guru slug to serve (default demo-guru)")
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="API key to accept (default: a random one, printed at start)",
+    )
+    p.add_argument("--page-size", type=int, default=30, help="sessions per page (default 30)")
+    p.add_argument(
+        "--rate-limit",
+        type=_rate,
+        default=10,
+        help="requests per window per key owner, or 'none' (default 10)",
+    )
+    p.add_argument(
+        "--rate-window", type=float, default=60.0, help="rate limit window in seconds (default 60)"
+    )
+    p.add_argument(
+        "--no-tie-shuffle",
+        action="store_true",
+        help="serve equal last_used values in a stable order",
+    )
+    p.add_argument(
+        "--unattributed-share",
+        type=_share,
+        default=0.3,
+        help="share of sessions without an external user (default 0.3)",
+    )
+    p.add_argument(
+        "--rootless-share",
+        type=_share,
+        default=0.0,
+        help="share of sessions without a first question (default 0)",
+    )
+    f = p.add_argument_group("fault injection (probabilities per request)")
+    f.add_argument("--fault-error-rate", type=_share, default=0.0, help="answer a 5xx error")
+    f.add_argument(
+        "--fault-statuses",
+        default="500,502,503",
+        help="comma-separated statuses for injected errors (default 500,502,503)",
+    )
+    f.add_argument(
+        "--fault-body",
+        choices=("html", "json", "both"),
+        default="html",
+        help="body of injected errors (default html)",
+    )
+    f.add_argument(
+        "--fault-drop-rate", type=_share, default=0.0, help="close the connection without answering"
+    )
+    f.add_argument(
+        "--fault-slow-rate", type=_share, default=0.0, help="answer late (see --fault-slow-seconds)"
+    )
+    f.add_argument(
+        "--fault-slow-seconds",
+        type=_non_negative,
+        default=2.0,
+        help="delay of a slow answer (default 2)",
+    )
+    f.add_argument(
+        "--fault-throttle-rate", type=_share, default=0.0, help="start a burst of 429 answers"
+    )
+    f.add_argument(
+        "--fault-throttle-burst", type=int, default=1, help="429 answers per burst (default 1)"
+    )
+    f.add_argument(
+        "--fault-throttle-seconds",
+        type=int,
+        default=1,
+        help="seconds an injected 429 asks to wait (default 1)",
+    )
+    f.add_argument(
+        "--fault-no-retry-after",
+        action="store_true",
+        help="omit the Retry-After header on 429 (body still says)",
+    )
+    f.add_argument(
+        "--fault-malformed-rate", type=_share, default=0.0, help="answer 200 with truncated JSON"
+    )
+    f.add_argument(
+        "--fault-html200-rate", type=_share, default=0.0, help="answer 200 with an HTML page"
+    )
+    d = p.add_argument_group("drift (the data changing while clients page)")
+    d.add_argument(
+        "--drift-touch-per-request",
+        type=_non_negative,
+        default=0.0,
+        help="expected follow-ups per listing request",
+    )
+    d.add_argument(
+        "--drift-new-per-request",
+        type=_non_negative,
+        default=0.0,
+        help="expected new sessions per listing request",
+    )
+    d.add_argument(
+        "--drift-delete-per-request",
+        type=_non_negative,
+        default=0.0,
+        help="expected deletions per listing request",
+    )
+    d.add_argument(
+        "--drift-touch-per-second",
+        type=_non_negative,
+        default=0.0,
+        help="follow-ups per second of server time",
+    )
+    d.add_argument(
+        "--drift-new-per-second",
+        type=_non_negative,
+        default=0.0,
+        help="new sessions per second of server time",
+    )
+    d.add_argument(
+        "--drift-delete-per-second",
+        type=_non_negative,
+        default=0.0,
+        help="deletions per second of server time",
+    )
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from .server import DriftConfig, FaultConfig, LocalGurubase  # lazy: keeps the CLI start fast
+
+    try:
+        statuses = tuple(int(x) for x in args.fault_statuses.split(",") if x.strip())
+    except ValueError as exc:
+        raise ConfigError(
+            f"--fault-statuses must be comma-separated numbers such as 500,502: {exc}"
+        ) from exc
+    end = None
+    if args.end:
+        try:
+            end = datetime.fromisoformat(args.end)
+        except ValueError as exc:
+            raise ConfigError(
+                f"--end {args.end!r} is not ISO 8601: use e.g. 2025-11-01T00:00:00+00:00"
+            ) from exc
+        if end.tzinfo is None:
+            raise ConfigError("--end needs a UTC offset, e.g. 2025-11-01T00:00:00+00:00")
+    faults = FaultConfig(
+        error_rate=args.fault_error_rate,
+        error_statuses=statuses,
+        error_bodies=("html", "json") if args.fault_body == "both" else (args.fault_body,),
+        drop_rate=args.fault_drop_rate,
+        slow_rate=args.fault_slow_rate,
+        slow_seconds=args.fault_slow_seconds,
+        throttle_rate=args.fault_throttle_rate,
+        throttle_burst=args.fault_throttle_burst,
+        throttle_seconds=args.fault_throttle_seconds,
+        retry_after_header=not args.fault_no_retry_after,
+        malformed_json_rate=args.fault_malformed_rate,
+        html_200_rate=args.fault_html200_rate,
+    )
+    drift = DriftConfig(
+        touch_per_request=args.drift_touch_per_request,
+        new_per_request=args.drift_new_per_request,
+        delete_per_request=args.drift_delete_per_request,
+        touch_per_second=args.drift_touch_per_second,
+        new_per_second=args.drift_new_per_second,
+        delete_per_second=args.drift_delete_per_second,
+    )
+    srv = LocalGurubase.demo(
+        args.sessions,
+        args.users,
+        args.days,
+        seed=args.seed,
+        guru_slug=args.guru,
+        end=end,
+        unattributed_share=args.unattributed_share,
+        rootless_share=args.rootless_share,
+        api_key=args.api_key,
+        page_size=args.page_size,
+        rate_limit=args.rate_limit,
+        rate_window=args.rate_window,
+        tie_shuffle=not args.no_tie_shuffle,
+        faults=faults,
+        drift=drift,
+        host=args.host,
+        port=args.port,
+    )
+    srv.bind()
+    limit = "off" if args.rate_limit is None else f"{args.rate_limit} per {args.rate_window:g} s"
+    print(
+        f"Serving {args.sessions} sessions of guru {srv.guru_slug!r} at {srv.base_url}", flush=True
+    )
+    print(f"  guru slug: {srv.guru_slug}", flush=True)
+    print(f"  API key:   {srv.api_key}", flush=True)
+    print(f"  rate limit: {limit}; page size {args.page_size}. Press Ctrl-C to stop.", flush=True)
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
+    return 0
+
+
+COMMANDS["serve"] = (_add_serve, _cmd_serve)
 
 # --- sync -------------------------------------------------------------------------------
 # (section owned by the sync work)
 
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value!r}") from exc
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value!r}")
+    return n
+
+
+def _add_sync(sub: argparse._SubParsersAction, name: str) -> None:
+    p = sub.add_parser(
+        name,
+        help="page a guru's sessions into the local DuckDB cache",
+        description="Bring the cache up to date with a guru's sessions: the first run (or "
+        "--full) reads every page, later runs only what changed since the last one. Safe to "
+        "interrupt: the next run resumes. Prints a summary.",
+    )
+    p.add_argument("guru", metavar="GURU", help="the guru slug (from the guru's URL)")
+    p.add_argument(
+        "--db", default=None, help="cache file (default $GURU_ANALYTICS_DB or the user cache dir)"
+    )
+    p.add_argument(
+        "--base-url", default=None, help="API base URL (default $GURUBASE_BASE_URL or api.gurubase.io)"
+    )
+    p.add_argument(
+        "--api-key", default=None, help="API key (default $GURUBASE_API_KEY; prefer the variable)"
+    )
+    p.add_argument(
+        "--user", dest="users", action="append", default=None, metavar="ID",
+        help="sync this external user's sessions (with attribution); repeat for several",
+    )
+    p.add_argument(
+        "--users-file", default=None, metavar="FILE",
+        help="file of external user ids, one per line (# comments and blank lines ignored)",
+    )
+    p.add_argument("--search", default=None, metavar="Q", help="only sessions whose first question matches Q")
+    p.add_argument(
+        "--full", action="store_true",
+        help="re-read every page (finds deleted sessions; costs one request per 30 sessions)",
+    )
+    p.add_argument(
+        "--messages", action="store_true",
+        help="also fetch the messages of new/changed sessions (one request per session)",
+    )
+    p.add_argument(
+        "--max-requests", type=_positive_int, default=None, metavar="N",
+        help="at most N requests for --messages (the rest waits for the next run)",
+    )
+    p.add_argument(
+        "--rate-limit", type=_rate, default=10, metavar="N|none",
+        help="requests per minute to stay under, or 'none' (default 10, the API's limit)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from .sync import read_users_file, sync_guru  # lazy: keeps the CLI start fast
+
+    users = list(args.users or [])
+    if args.users_file:
+        users += read_users_file(args.users_file)
+    summary = sync_guru(
+        args.guru,
+        api_key=args.api_key,
+        base_url=args.base_url,
+        db=args.db,
+        rate_limit=args.rate_limit,
+        users=users or None,
+        search=args.search,
+        full=args.full,
+        messages=args.messages,
+        max_requests=args.max_requests,
+        progress=False if args.no_progress else None,
+    )
+    print(summary)
+    return 0
+
+
+COMMANDS["sync"] = (_add_sync, _cmd_sync)
+
 # --- report / plot ----------------------------------------------------------------------
 # (section owned by the analytics work)
+
+_REPORT_NAMES = (
+    "sessions", "activity", "users", "lifecycle", "retention", "summary",
+    "heatmap", "binge_length", "sources", "votes",
+)  # fmt: skip
+_CHART_NAMES = (
+    "activity", "users", "heatmap", "lifecycle", "retention", "sources", "binge_length", "trust",
+)  # fmt: skip
+# CLI option (dest) -> frame keyword; options left at None are not passed on.
+_FRAME_OPTIONS = {
+    "freq": "freq", "tz": "tz", "by": "by", "start": "start", "end": "end", "user": "users",
+    "search": "search", "week_start": "week_start", "include_deleted": "include_deleted",
+    "periods": "periods", "period": "period", "now": "now",
+}  # fmt: skip
+_PLOT_OPTIONS = {"metric": "metric", "kind": "kind", "top": "top", "value": "value"}
+
+
+def _add_analytics_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``report`` and ``plot`` (all optional; defaults live in frames)."""
+    p.add_argument("guru", nargs="+", metavar="GURU", help="guru slug(s) in the cache")
+    p.add_argument("--db", help="cache file (default: $GURU_ANALYTICS_DB or the default cache path)")
+    p.add_argument("--freq", help="bucket: H, D, W, M, Q, Y or hour, day, week, month, quarter, year")
+    p.add_argument("--tz", help="IANA time zone for buckets and timestamps (default UTC)")
+    p.add_argument("--by", choices=["user", "guru"], help="split activity/binge_length per user or guru")
+    p.add_argument("--start", help="first instant or date, inclusive (naive = in --tz)")
+    p.add_argument("--end", help="end instant or date, exclusive (e.g. 2025-04-01 for all of March)")
+    p.add_argument("--user", nargs="+", action="extend", metavar="ID",
+                   help="only sessions of these external user ids ('(unattributed)' for none)")  # fmt: skip
+    p.add_argument("--search", help="only sessions whose title contains this (case-insensitive)")
+    p.add_argument("--week-start", dest="week_start", help="first day of week buckets: MON..SUN (default MON)")
+    p.add_argument("--include-deleted", dest="include_deleted", action="store_true", default=None,
+                   help="count sessions deleted upstream too")  # fmt: skip
+    p.add_argument("--periods", type=int, help="retention: number of periods including period 0 (default 8)")
+    p.add_argument("--period", help="summary: length of the period, e.g. 24h, 7d, 4w (default 7d)")
+    p.add_argument("--now", help="summary: end of the current period (default: now)")
+
+
+def _add_report(sub: argparse._SubParsersAction, name: str) -> None:
+    p = sub.add_parser(
+        name,
+        help="write an analytics table as CSV or Parquet",
+        description="Compute an analytics table from the local cache (never calls the API) and "
+        "write it as CSV (.csv or - for stdout) or Parquet (.parquet).",
+    )
+    p.add_argument("report", choices=_REPORT_NAMES, help="which table")
+    _add_analytics_options(p)
+    p.add_argument("-o", "--output", default="-", metavar="FILE",
+                   help="output .csv, .parquet or - for stdout (default -)")  # fmt: skip
+
+
+def _add_plot(sub: argparse._SubParsersAction, name: str) -> None:
+    p = sub.add_parser(
+        name,
+        help="draw an analytics chart to PNG or SVG",
+        description="Draw a chart from the local cache (never calls the API) to a .png or .svg file.",
+    )
+    p.add_argument("chart", choices=_CHART_NAMES, help="which chart")
+    _add_analytics_options(p)
+    p.add_argument("--metric", help="activity: active_sessions, new_sessions, events, active_users, "
+                   "messages; users: sessions, events, ...; heatmap: events or active_sessions")  # fmt: skip
+    p.add_argument("--kind", choices=["bar", "line"], help="activity/sources: bars (default) or lines")
+    p.add_argument("--top", type=int, help="series or users shown before the rest become 'other'")
+    p.add_argument("--value", choices=["rate", "users"], help="retention: rate (default) or users")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="output .png or .svg")
+
+
+def _frame_kwargs(args: argparse.Namespace, fn: Callable[..., object], what: str) -> dict[str, object]:
+    """The options the user set, as keywords of ``fn``; an option that does not apply to
+    this report/chart is an error rather than silently ignored."""
+    import inspect
+
+    accepted = inspect.signature(fn).parameters
+    kwargs: dict[str, object] = {}
+    for dest, key in _FRAME_OPTIONS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if key not in accepted:
+            flag = "--" + dest.replace("_", "-")
+            raise ConfigError(f"{flag} does not apply to {what}: drop it")
+        kwargs[key] = value
+    return kwargs
+
+
+def _analytics_db(args: argparse.Namespace) -> str:
+    """The cache path to read; never creates a cache (a missing file is an error)."""
+    from pathlib import Path
+
+    from .errors import NoDataError
+    from .store import default_cache_path
+
+    db = Path(args.db) if args.db else Path(default_cache_path())
+    if not db.is_file():
+        slug = args.guru[0]
+        raise NoDataError(f"no cache at {db}: run `guru-analytics sync {slug} --db {db}` first")
+    return str(db)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from . import frames, reports
+    from .store import Store
+
+    fn = frames.FRAMES[args.report]
+    kwargs = _frame_kwargs(args, fn, f"the {args.report} report")
+    reports.file_format(args.output)  # a bad name fails before any work
+    guru = args.guru[0] if len(args.guru) == 1 else list(args.guru)
+    with Store(_analytics_db(args)).reader() as con:
+        df = reports.export(con, args.report, args.output, guru, **kwargs)
+    if args.output != "-":
+        print(f"wrote {len(df)} rows of {args.report} to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import plots
+    from .store import Store
+
+    if Path(args.output).suffix.lower() not in (".png", ".svg"):
+        raise ConfigError(f"cannot save a chart as {args.output!r}: use a .png or .svg file name")
+    frame_fn, plot_fn, _keys = plots.CHARTS[args.chart]
+    kwargs = _frame_kwargs(args, frame_fn, f"the {args.chart} chart")
+    for dest, key in _PLOT_OPTIONS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if key not in plots.CHARTS[args.chart][2]:
+            raise ConfigError(f"--{dest} does not apply to the {args.chart} chart: drop it")
+        kwargs[key] = value
+    guru = args.guru[0] if len(args.guru) == 1 else list(args.guru)
+    with Store(_analytics_db(args)).reader() as con:
+        ax = plots.chart(con, args.chart, guru, **kwargs)
+    plots.save(ax, args.output)
+    print(f"wrote {args.chart} chart to {args.output}", file=sys.stderr)
+    return 0
+
+
+COMMANDS["report"] = (_add_report, _cmd_report)
+COMMANDS["plot"] = (_add_plot, _cmd_plot)
 
 # --- demo -------------------------------------------------------------------------------
 # (section owned by the notebook/demo work)
 
 
-# Each entry: (add_parser_function, command_function). Sections above register here.
-COMMANDS: dict[str, tuple[Callable[..., None], Callable[[argparse.Namespace], int]]] = {}
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}") from exc
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
+    return n
+
+
+def _add_demo(sub: argparse._SubParsersAction, name: str) -> None:
+    from .demo import DEFAULT_DAYS, DEFAULT_OUT, DEFAULT_RATE_LIMIT, DEFAULT_SESSIONS, DEFAULT_USERS
+
+    p = sub.add_parser(
+        name,
+        help="run the whole job on built-in synthetic data (no key, no network)",
+        description="Start a local Gurubase-compatible server in this process with a synthetic "
+        "guru, sync every session, every external user and the messages into DuckDB, then "
+        "write CSV reports and PNG charts. Run it twice: the second sync is incremental.",
+    )
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                   help=f"output folder for cache.duckdb, CSVs and PNGs (default ./{DEFAULT_OUT})")  # fmt: skip
+    p.add_argument("--sessions", type=_positive, default=DEFAULT_SESSIONS,
+                   help=f"synthetic sessions (default {DEFAULT_SESSIONS})")  # fmt: skip
+    p.add_argument("--users", type=_positive, default=DEFAULT_USERS,
+                   help=f"synthetic external users (default {DEFAULT_USERS})")  # fmt: skip
+    p.add_argument("--days", type=_positive, default=DEFAULT_DAYS,
+                   help=f"days of history (default {DEFAULT_DAYS})")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="random seed of the data (default 0)")
+    p.add_argument("--rate-limit", type=_rate, default=DEFAULT_RATE_LIMIT,
+                   help="requests per minute for both the client and the local server, or 'none' "
+                   f"(default {DEFAULT_RATE_LIMIT})")  # fmt: skip
+    p.add_argument("--tz", default="UTC", help="IANA time zone of buckets and timestamps (default UTC)")
+    p.add_argument("--no-messages", action="store_true",
+                   help="skip Get Session (no messages, binge length or sources outputs)")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    from .timestamps import check_tz
+
+    run_demo(
+        args.out,
+        n_sessions=args.sessions,
+        n_users=args.users,
+        days=args.days,
+        seed=args.seed,
+        rate_limit=args.rate_limit,
+        tz=check_tz(args.tz),
+        messages=not args.no_messages,
+        progress=not args.no_progress,
+    )
+    return 0
+
+
+COMMANDS["demo"] = (_add_demo, _cmd_demo)
+
+
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,295 @@
+"""1. Request efficiency: exact request counts from the server's log against the minimum.
+
+Requests are the scarce resource (10 a minute by default), so every sync is counted against
+the fewest requests the API could possibly allow:
+
+- full sync of N sessions: ``ceil(N/30)`` pages;
+- incremental sync after k sessions changed: ``ceil(k/30) + 1`` (the issue's reference; the
+  true floor is ``floor(k/30) + 1``, since the first unchanged row can share the last page of
+  changed ones; both are shown);
+- per-user sync: the sum of each user's own minimum (an empty listing still costs one);
+- under drift (touches and new sessions while the crawl runs): the extra requests over the
+  no-drift minimum, allowed ``+1`` per 30 drifted sessions, and whether the cache ends exact.
+
+Counts come from ``LocalGurubase.log`` (every request the server answered, 429s and Get
+Session checks included), not from the client's own bookkeeping.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from guru_analytics.client import GurubaseClient
+from guru_analytics.server import DriftConfig, LocalGurubase
+from guru_analytics.store import Store
+from guru_analytics.sync import SyncSummary, sync
+
+from .fixture import Exactness, demo_server, drifted, guru_exactness, snapshot, users_exactness
+from .plan import Plan
+from .table import Row
+
+SECTION = "1. Requests"
+PAGE = 30
+# Expected drift per List Sessions request while the measured sync runs.
+DRIFT = DriftConfig(touch_per_request=0.3, new_per_request=0.3, new_user_share=0.5, seed=7)
+
+
+def reference_min(k: int) -> int:
+    """The issue's incremental minimum: ``ceil(k/30) + 1``."""
+    return math.ceil(k / PAGE) + 1
+
+
+def floor_min(k: int) -> int:
+    """The true incremental floor: the first unchanged row may share the last changed page."""
+    return k // PAGE + 1
+
+
+def full_min(n: int) -> int:
+    """A full listing of n sessions: ``ceil(n/30)`` pages, and one even when empty."""
+    return max(1, math.ceil(n / PAGE))
+
+
+class _Bench:
+    """One server, one cache file and one unthrottled client; counts one sync at a time."""
+
+    def __init__(self, srv: LocalGurubase, db: Path) -> None:
+        self.srv = srv
+        self.slug = srv.guru_slug or ""
+        self.store = Store(db)
+        self.client = GurubaseClient(srv.api_key, srv.base_url, rate_limit=None)
+
+    def sync(self, **kwargs: Any) -> tuple[int, SyncSummary]:
+        self.srv.clear_log()
+        summary = sync(self.slug, client=self.client, store=self.store, progress=False, **kwargs)
+        return len(self.srv.log), summary
+
+    def close(self) -> None:
+        self.client.close()
+        self.store.close()
+        self.srv.stop()
+
+
+def _detail(summary: SyncSummary, exact: Exactness) -> str:
+    parts = [f"pages {summary.pages}", f"top-ups {summary.top_ups}"]
+    if summary.tie_rereads:
+        parts.append(f"tie re-reads {summary.tie_rereads}")
+    if summary.verified or summary.unverified:
+        parts.append(f"Get Session checks {summary.verified + summary.unverified}")
+    return f"{', '.join(parts)}; cache {exact}"
+
+
+def _ratio_row(case: str, measured: int, minimum: int, label: str, notes: str) -> Row:
+    ratio = measured / minimum
+    return Row(
+        SECTION,
+        case,
+        f"{measured} requests",
+        f"{label} = {minimum}",
+        f"{ratio:.2f}x",
+        "1.00x",
+        ratio <= 1.0 + 1e-9,
+        notes,
+    )
+
+
+def _drift_row(
+    case: str, measured: int, minimum: int, n_drifted: int, exact: Exactness, detail: str
+) -> Row:
+    extra = measured - minimum
+    allowed = math.ceil(n_drifted / PAGE)
+    return Row(
+        SECTION,
+        case,
+        f"{measured} requests ({extra:+d} over the no-drift minimum)",
+        f"minimum {minimum}; {n_drifted} drifted sessions allow +{allowed}",
+        f"{measured / minimum:.2f}x",
+        "extra <= +1 per 30 drifted; cache exact",
+        extra <= allowed and exact.exact,
+        detail,
+    )
+
+
+def _user_minimums(srv: LocalGurubase, slug: str, users: list[str]) -> dict[str, int]:
+    return {u: len(srv.truth(slug, u)) for u in users}
+
+
+def run(plan: Plan, workdir: Path, say: Callable[[str], None]) -> list[Row]:
+    rows: list[Row] = []
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    # Full syncs.
+    for n in plan.full_sizes:
+        say(f"requests: full sync of {n:,} sessions")
+        bench = _Bench(demo_server(n, plan.n_users), workdir / f"full-{n}.duckdb")
+        try:
+            count, summary = bench.sync(full=True)
+            exact = guru_exactness(bench.srv, bench.store, bench.slug)
+            rows.append(
+                _ratio_row(
+                    f"full sync, N = {n:,}",
+                    count,
+                    full_min(len(bench.srv.truth(bench.slug))),
+                    "ceil(N/30)",
+                    _detail(summary, exact),
+                )
+            )
+        finally:
+            bench.close()
+
+    # Incremental syncs after k changes.
+    n = plan.incremental_base
+    bench = _Bench(demo_server(n, plan.n_users), workdir / "incremental.duckdb")
+    rng = random.Random(11)
+    try:
+        bench.sync(full=True)
+        for k in plan.incremental_changes:
+            say(f"requests: incremental sync after {k} changes")
+            ids = bench.srv.truth(bench.slug)["id"].tolist()
+            if k:
+                bench.srv.touch(bench.slug, rng.sample(ids, k))
+            count, summary = bench.sync()
+            exact = guru_exactness(bench.srv, bench.store, bench.slug)
+            rows.append(
+                _ratio_row(
+                    f"incremental, k = {k} changed (of {n:,})",
+                    count,
+                    reference_min(k),
+                    "ceil(k/30)+1",
+                    f"true floor floor(k/30)+1 = {floor_min(k)}; " + _detail(summary, exact),
+                )
+            )
+        # The same with drift while the incremental sync runs.
+        say("requests: incremental sync with drift")
+        k = max(plan.incremental_changes)
+        bench.srv.touch(bench.slug, rng.sample(bench.srv.truth(bench.slug)["id"].tolist(), k))
+        before = snapshot(bench.srv, bench.slug)
+        bench.srv.drift = DRIFT
+        try:
+            count, summary = bench.sync()
+        finally:
+            bench.srv.drift = DriftConfig()
+        moved = drifted(before, snapshot(bench.srv, bench.slug))
+        exact = guru_exactness(bench.srv, bench.store, bench.slug)
+        rows.append(
+            _drift_row(
+                f"incremental with drift, k = {k} changed + drift",
+                count,
+                reference_min(k),
+                moved,
+                exact,
+                _detail(summary, exact),
+            )
+        )
+    finally:
+        bench.close()
+
+    # Full sync with drift.
+    n = plan.drift_sessions
+    say(f"requests: full sync of {n:,} sessions with drift")
+    bench = _Bench(demo_server(n, plan.n_users), workdir / "drift-full.duckdb")
+    try:
+        minimum = full_min(len(bench.srv.truth(bench.slug)))
+        before = snapshot(bench.srv, bench.slug)
+        bench.srv.drift = DRIFT
+        try:
+            count, summary = bench.sync(full=True)
+        finally:
+            bench.srv.drift = DriftConfig()
+        moved = drifted(before, snapshot(bench.srv, bench.slug))
+        exact = guru_exactness(bench.srv, bench.store, bench.slug)
+        rows.append(
+            _drift_row(
+                f"full sync with drift, N = {n:,}",
+                count,
+                minimum,
+                moved,
+                exact,
+                _detail(summary, exact),
+            )
+        )
+    finally:
+        bench.close()
+
+    rows += _per_user(plan, workdir, say)
+    return rows
+
+
+def _per_user(plan: Plan, workdir: Path, say: Callable[[str], None]) -> list[Row]:
+    rows: list[Row] = []
+    n = plan.user_sessions
+    say(f"requests: per-user sync of {plan.n_users} users ({n:,} sessions)")
+    bench = _Bench(demo_server(n, plan.n_users), workdir / "users.duckdb")
+    rng = random.Random(13)
+    try:
+        slug = bench.slug
+        users = bench.srv.users(slug)[: plan.n_users]
+        sizes = _user_minimums(bench.srv, slug, users)
+        minimum = sum(full_min(s) for s in sizes.values())
+        count, summary = bench.sync(users=users, full=True)
+        exact = users_exactness(bench.srv, bench.store, slug, users)
+        rows.append(
+            _ratio_row(
+                f"per-user full sync, {len(users)} users ({sum(sizes.values()):,} sessions)",
+                count,
+                minimum,
+                "sum of max(1, ceil(n_u/30))",
+                _detail(summary, exact),
+            )
+        )
+
+        # Incremental: change sessions spread over the users.
+        say("requests: per-user incremental sync")
+        owned = [(u, sid) for u in users for sid in bench.srv.truth(slug, u)["id"].tolist()]
+        picked = rng.sample(owned, min(plan.user_changes, len(owned)))
+        bench.srv.touch(slug, [sid for _u, sid in picked])
+        changed = {u: 0 for u in users}
+        for u, _sid in picked:
+            changed[u] += 1
+        ref = sum(reference_min(k) for k in changed.values())
+        floor = sum(floor_min(k) for k in changed.values())
+        count, summary = bench.sync(users=users)
+        exact = users_exactness(bench.srv, bench.store, slug, users)
+        rows.append(
+            _ratio_row(
+                f"per-user incremental, {len(picked)} changed over {len(users)} users",
+                count,
+                ref,
+                "sum of ceil(k_u/30)+1",
+                f"true floor {floor}; " + _detail(summary, exact),
+            )
+        )
+    finally:
+        bench.close()
+
+    # Per-user full sync with drift, on a fresh server and cache.
+    say("requests: per-user full sync with drift")
+    bench = _Bench(demo_server(n, plan.n_users), workdir / "users-drift.duckdb")
+    try:
+        slug = bench.slug
+        users = bench.srv.users(slug)[: plan.n_users]
+        minimum = sum(full_min(s) for s in _user_minimums(bench.srv, slug, users).values())
+        before = snapshot(bench.srv, slug)
+        bench.srv.drift = DRIFT
+        try:
+            count, summary = bench.sync(users=users, full=True)
+        finally:
+            bench.srv.drift = DriftConfig()
+        moved = drifted(before, snapshot(bench.srv, slug))
+        exact = users_exactness(bench.srv, bench.store, slug, users)
+        rows.append(
+            _drift_row(
+                f"per-user full sync with drift, {len(users)} users",
+                count,
+                minimum,
+                moved,
+                exact,
+                _detail(summary, exact),
+            )
+        )
+    finally:
+        bench.close()
+    return rows

@@ -1,0 +1,245 @@
+"""``guru-analytics demo``: the whole job on built-in data, with no key and no network.
+
+It starts the local Gurubase-compatible server in this process with a synthetic guru, syncs
+the guru-wide listing and one listing per (synthetic) external user, fetches the messages
+of every session, and writes the cache, CSV reports and PNG charts into one folder. The data
+ends on a fixed date, so a second run against the same folder finds nothing new and its sync
+costs one request per listing: that is what an incremental sync of a real guru looks like.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .guru import Guru
+    from .sync import SyncSummary
+
+DEFAULT_OUT = "guru-analytics-demo"
+DEFAULT_SESSIONS = 3000
+DEFAULT_USERS = 40
+DEFAULT_DAYS = 180
+# Requests per minute, shared by the client and the in-process server: high enough that a
+# few thousand sessions with messages sync in seconds, but still paced by the real limiter.
+DEFAULT_RATE_LIMIT = 30_000
+
+# file stem -> (frame name, frame parameters). Every report goes through reports.export.
+CSV_REPORTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "sessions": ("sessions", {}),
+    "activity_day_by_user": ("activity", {"freq": "day", "by": "user"}),
+    "activity_week_by_user": ("activity", {"freq": "week", "by": "user"}),
+    "users": ("users", {}),
+    "lifecycle": ("lifecycle", {"freq": "week"}),
+    "retention": ("retention", {"freq": "week", "periods": 8}),
+    "summary": ("summary", {"period": "28d"}),
+    "binge_length": ("binge_length", {"by": "user"}),
+    "sources": ("sources", {"freq": "week"}),
+}
+# file stem -> (chart name, parameters); drawn by plots.chart and saved by plots.save.
+PNG_CHARTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "activity": ("activity", {"freq": "week", "by": "user", "top": 6}),
+    "users": ("users", {"top": 20}),
+    "heatmap": ("heatmap", {"metric": "active_sessions"}),
+    "lifecycle": ("lifecycle", {"freq": "week"}),
+    "retention": ("retention", {"freq": "week", "periods": 8}),
+    "sources": ("sources", {"freq": "week"}),
+    "binge_length": ("binge_length", {}),
+}
+
+
+@dataclass
+class DemoResult:
+    """What a demo run did and wrote."""
+
+    out: Path
+    db: Path
+    sync: SyncSummary
+    incremental: bool
+    csvs: dict[str, Path] = field(default_factory=dict)
+    pngs: dict[str, Path] = field(default_factory=dict)
+    summary: pd.DataFrame | None = None
+    seconds: float = 0.0
+
+
+def run_demo(
+    out: str | Path = DEFAULT_OUT,
+    *,
+    n_sessions: int = DEFAULT_SESSIONS,
+    n_users: int = DEFAULT_USERS,
+    days: int = DEFAULT_DAYS,
+    seed: int = 0,
+    rate_limit: int | None = DEFAULT_RATE_LIMIT,
+    tz: str = "UTC",
+    messages: bool = True,
+    progress: bool | None = True,
+    stdout: TextIO | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> DemoResult:
+    """Run the demo into ``out`` and print what happened (see the module docstring)."""
+    from .guru import Guru
+    from .server import LocalGurubase
+    from .synthetic import DEFAULT_END
+
+    echo = _printer(stdout)
+    if n_sessions < 1 or n_users < 1 or days < 1:
+        raise ConfigError("--sessions, --users and --days must each be at least 1")
+    t0 = monotonic()
+    out_dir = Path(out).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file: pass a directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    db = out_dir / "cache.duckdb"
+
+    srv = LocalGurubase.demo(
+        n_sessions,
+        n_users,
+        days,
+        seed=seed,
+        end=DEFAULT_END,
+        rate_limit=rate_limit,
+        rate_window=60.0,
+    )
+    with srv:
+        assert srv.guru_slug is not None
+        users = srv.users(srv.guru_slug)
+        limit = "off" if rate_limit is None else f"{rate_limit:,} requests/min"
+        echo(
+            f"Local Gurubase at {srv.base_url}: guru {srv.guru_slug!r}, {len(srv.truth(srv.guru_slug)):,} "
+            f"sessions, {len(users)} external users, {days} days to {DEFAULT_END:%Y-%m-%d} "
+            f"(seed {seed}); rate limit {limit}"
+        )
+        guru = Guru(
+            srv.guru_slug,
+            api_key=srv.api_key,
+            base_url=srv.base_url,
+            db=db,
+            rate_limit=rate_limit,
+            rate_window=60.0,
+            users=users,
+            tz=tz,
+        )
+        summary = guru.sync(messages=messages, progress=progress)
+    incremental = summary.mode == "incremental"
+    echo(_sync_line(summary))
+
+    result = DemoResult(out=out_dir, db=db, sync=summary, incremental=incremental)
+    try:
+        _write_outputs(guru, result, messages=messages)
+    finally:
+        guru.close()
+    result.seconds = monotonic() - t0
+    _print_summary(result, echo)
+    return result
+
+
+def _write_outputs(guru: Guru, result: DemoResult, *, messages: bool) -> None:
+    """CSV reports and PNG charts from the cache (reads only)."""
+    from . import frames, plots, reports
+
+    needs_messages = {"binge_length", "sources"}
+    last = guru.status().last_event
+    with guru.reader() as con:
+        for stem, (report, params) in CSV_REPORTS.items():
+            if report in needs_messages and not messages:
+                continue
+            kwargs = dict(params)
+            if report == "summary":
+                # The synthetic data ends on a fixed date: compare the last weeks of it,
+                # not the (empty) weeks before today.
+                kwargs["now"] = _next_midnight(last) if last is not None else None
+            if report in {
+                "sessions",
+                "activity",
+                "users",
+                "lifecycle",
+                "retention",
+                "summary",
+                "sources",
+            }:
+                kwargs["tz"] = guru.tz
+            path = result.out / f"{stem}.csv"
+            reports.export(con, report, path, guru.slug, **kwargs)
+            result.csvs[stem] = path
+        for stem, (chart, params) in PNG_CHARTS.items():
+            if chart in needs_messages and not messages:
+                continue
+            kwargs = dict(params)
+            if chart != "binge_length" and chart != "users":
+                kwargs["tz"] = guru.tz
+            ax = plots.chart(con, chart, guru.slug, **kwargs)
+            result.pngs[stem] = plots.save(ax, result.out / f"{stem}.png")
+        result.summary = frames.summary(
+            con, guru.slug, period="28d", now=_next_midnight(last) if last else None, tz=guru.tz
+        )
+
+
+def _next_midnight(ts: datetime) -> datetime:
+    import pandas as pd
+
+    day = pd.Timestamp(ts).tz_convert("UTC").normalize()
+    return (day + timedelta(days=1)).to_pydatetime()
+
+
+def _sync_line(s: SyncSummary) -> str:
+    n_listings = len(s.listings)
+    head = (
+        f"{s.mode.capitalize()} sync: {s.requests:,} requests for {n_listings} listings "
+        f"({s.pages:,} pages), {s.sessions_new:,} new and {s.sessions_changed:,} changed "
+        f"sessions, messages of {s.messages_fetched:,} sessions, {s.seconds:.1f} s"
+    )
+    if s.mode == "incremental":
+        per = s.requests / max(1, n_listings)
+        head += (
+            f". The cache was already up to date: {per:.1f} requests per listing, nothing "
+            "re-downloaded."
+        )
+    if s.outcome != "ok":
+        head += f" Outcome: {s.outcome}."
+    return head
+
+
+def _print_summary(result: DemoResult, echo: Callable[[str], None]) -> None:
+    import pandas as pd
+
+    if result.summary is not None:
+        df = result.summary
+        start, end = df["current_start"].iloc[0], df["current_end"].iloc[0]
+        echo("")
+        echo(
+            f"Last 28 days of data ({start:%Y-%m-%d} – {end:%Y-%m-%d}) against the 28 days before:"
+        )
+        table = pd.DataFrame(
+            {
+                "metric": df["metric"],
+                "current": df["current"],
+                "previous": df["previous"],
+                "change": ["" if pd.isna(p) else f"{p:+.0f}%" for p in df["change_pct"].tolist()],
+            }
+        ).dropna(subset=["current"])
+        for line in table.to_string(index=False).splitlines():
+            echo("  " + line)
+    echo("")
+    echo(f"Wrote to {result.out}/ ({result.seconds:.1f} s):")
+    echo(f"  cache   {result.db.name}")
+    echo("  CSV     " + ", ".join(p.name for p in result.csvs.values()))
+    echo("  PNG     " + ", ".join(p.name for p in result.pngs.values()))
+    if not result.incremental:
+        echo("Run the same command again to see an incremental sync.")
+    echo("Open notebooks/session_trends.ipynb to explore the same data interactively.")
+
+
+def _printer(stdout: TextIO | None) -> Callable[[str], None]:
+    def echo(line: str) -> None:
+        print(line, file=stdout or sys.stdout, flush=True)
+
+    return echo

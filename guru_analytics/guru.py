@@ -1,0 +1,649 @@
+"""``Guru``: the one object a notebook needs.
+
+It holds a guru slug, where the key comes from, the cache path and the known external user
+ids, and delegates: ``sync`` to ``sync.sync`` (the only call that talks to the API), the
+frame methods to ``frames``, ``plot_*`` to ``plots``, ``export`` to ``reports`` and
+``dashboard`` to ``widgets``. Reads open the cache read-only for the length of one call, so
+a sync running in another process is blocked for at most that long.
+
+The key is kept private and shown at most masked (``errors.mask_key``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import os
+import shutil
+import tempfile
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import pandas as pd
+
+from .errors import CacheError, ConfigError, mask_key
+from .timestamps import check_tz, utc_now
+
+if TYPE_CHECKING:
+    import requests
+    from matplotlib.axes import Axes
+
+    from .server import LocalGurubase
+    from .sync import SyncSummary
+    from .widgets import Dashboard
+
+DEFAULT_DB = "guru-analytics.duckdb"
+DB_ENV = "GURU_ANALYTICS_DB"
+
+_TZ_DEFAULTED = (
+    "sessions",
+    "activity",
+    "users",
+    "lifecycle",
+    "retention",
+    "summary",
+    "heatmap",
+    "sources",
+    "votes",
+)
+
+
+@dataclass(frozen=True)
+class CacheStatus:
+    """What the cache holds for one guru: the numbers ``repr(guru)`` shows."""
+
+    slug: str
+    path: str
+    exists: bool
+    sessions: int = 0
+    deleted: int = 0
+    users: int = 0
+    messages: int = 0
+    pending_messages: int = 0
+    first_event: datetime | None = None
+    last_event: datetime | None = None
+    last_run: dict[str, Any] | None = None
+
+    @property
+    def span(self) -> str:
+        if self.first_event is None or self.last_event is None:
+            return "-"
+        return f"{self.first_event:%Y-%m-%d} – {self.last_event:%Y-%m-%d}"
+
+    @property
+    def last_sync(self) -> str:
+        run = self.last_run
+        if not run:
+            return "never"
+        when = run.get("ended_at") or run.get("started_at")
+        stamp = f"{when:%Y-%m-%d %H:%M} UTC" if when is not None else "?"
+        return f"{stamp} ({run.get('mode')}, {run.get('outcome')})"
+
+    def describe(self) -> str:
+        """One line: ``2,000 sessions, 25 users, 2025-05-05 – 2025-11-01, last sync ...``."""
+        if not self.exists or (self.sessions == 0 and self.last_run is None):
+            return "cache empty: run .sync()"
+        msgs = f", {self.messages:,} messages" if self.messages else ""
+        return (
+            f"{self.sessions:,} sessions, {self.users:,} users{msgs}, {self.span}, "
+            f"last sync {self.last_sync}"
+        )
+
+
+class _ReportingLimiter:
+    """Factory for a limiter that reports each request start (for the dashboard's bar)."""
+
+    @staticmethod
+    def build(rate_limit: int | None, rate_window: float, on_request: Callable[[int], None]) -> Any:
+        from .ratelimit import SlidingWindowLimiter
+
+        class Reporting(SlidingWindowLimiter):
+            count = 0
+
+            def acquire(self) -> float:
+                delay = super().acquire()
+                self.count += 1
+                on_request(self.count)
+                return delay
+
+        return Reporting(rate_limit, rate_window)
+
+
+class Guru:
+    """A guru's sessions: sync them into the cache, then read frames, plots and reports.
+
+    ``api_key`` falls back to ``GURUBASE_API_KEY`` and ``base_url`` to ``GURUBASE_BASE_URL``
+    (then the hosted API) when ``sync()`` runs; ``db`` to ``GURU_ANALYTICS_DB`` or the default
+    cache path. ``users`` are the external user ids to sync per user (the API cannot list
+    them). ``tz`` is the default time zone of frames and plots. ``rate_limit`` requests per
+    ``rate_window`` seconds (10/60 s is Gurubase's default; ``None`` = no client pacing).
+
+    Only ``sync()`` calls the API; every other method reads the cache, opening it read-only
+    for the length of the call.
+    """
+
+    def __init__(
+        self,
+        slug: str,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        db: str | os.PathLike[str] | None = None,
+        *,
+        rate_limit: int | None = 10,
+        rate_window: float = 60.0,
+        users: Iterable[str] | None = None,
+        tz: str = "UTC",
+        timeout: float = 30.0,
+        max_retries: int = 5,
+        session: requests.Session | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        if not isinstance(slug, str) or not slug.strip():
+            raise ConfigError(f"guru slug {slug!r} is not valid: pass the slug from the guru's URL")
+        if isinstance(users, str):
+            raise ConfigError("users must be a list of external user ids, not one string")
+        from .store import default_cache_path
+
+        self.slug = slug.strip()
+        self._api_key = api_key
+        self.base_url = base_url
+        self.db = Path(db).expanduser() if db is not None else default_cache_path()
+        self.rate_limit = rate_limit
+        self.rate_window = rate_window
+        self.users_to_sync: list[str] = list(dict.fromkeys(users or ()))
+        self.tz = check_tz(tz)
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self._session = session
+        self._clock = clock
+        self._store: Any = None
+        self.server: LocalGurubase | None = None
+        self._cleanup: Callable[[], None] | None = None
+
+    # --- construction helpers ---
+
+    @classmethod
+    def local(
+        cls,
+        n_sessions: int = 3000,
+        n_users: int = 30,
+        days: int = 180,
+        *,
+        seed: int = 0,
+        end: datetime | None = None,
+        db: str | os.PathLike[str] | None = None,
+        rate_limit: int | None = None,
+        server_rate_limit: int | None = None,
+        tz: str = "UTC",
+        **server_options: Any,
+    ) -> Guru:
+        """A guru served by an in-process ``LocalGurubase`` with synthetic data (no key, no
+        network). ``end`` defaults to a fixed date so the same seed gives the same data on
+        every run (a kept ``db`` then syncs incrementally). Without ``db`` the cache lives in
+        a temporary directory removed by ``close()``. Rate limits default to off."""
+        from .server import LocalGurubase
+        from .synthetic import DEFAULT_END
+
+        srv = LocalGurubase.demo(
+            n_sessions,
+            n_users,
+            days,
+            seed=seed,
+            end=end if end is not None else DEFAULT_END,
+            rate_limit=server_rate_limit,
+            **server_options,
+        ).start()
+        tmpdir: str | None = None
+        try:
+            if db is None:
+                tmpdir = tempfile.mkdtemp(prefix="guru-analytics-")
+                db = Path(tmpdir) / "cache.duckdb"
+            assert srv.guru_slug is not None
+            guru = cls(
+                srv.guru_slug,
+                api_key=srv.api_key,
+                base_url=srv.base_url,
+                db=db,
+                rate_limit=rate_limit,
+                users=srv.users(srv.guru_slug),
+                tz=tz,
+            )
+        except BaseException:
+            srv.stop()
+            if tmpdir is not None:
+                shutil.rmtree(tmpdir, ignore_errors=True)
+            raise
+        guru.server = srv
+        guru._cleanup = weakref.finalize(guru, _stop_local, srv, tmpdir)
+        return guru
+
+    def close(self) -> None:
+        """Close the cache and stop an owned local server (removing its temporary cache)."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        if self._cleanup is not None:
+            self._cleanup()
+            self._cleanup = None
+
+    def __enter__(self) -> Guru:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- cache access ---
+
+    @property
+    def store(self) -> Any:
+        """The ``Store`` of ``db`` (created on first use; holds no lock while idle)."""
+        if self._store is None:
+            from .store import Store
+
+            self._store = Store(self.db, clock=self._clock)
+        return self._store
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection for one block (never creates a cache file)."""
+        from .errors import NoDataError
+
+        if self._store is None and not self.db.is_file():
+            raise NoDataError(f"no cache at {self.db} yet: run guru.sync() first")
+        with self.store.reader() as con:
+            yield con
+
+    def status(self) -> CacheStatus:
+        """Counts, data span and last sync of this guru in the cache (no API call)."""
+        if self._store is None and not self.db.is_file():
+            return CacheStatus(self.slug, str(self.db), exists=False)
+        info = self.store.summary(self.slug)
+        with self.reader() as con:
+            first, last = con.execute(
+                """SELECT min(ts), max(ts) FROM (
+                       SELECT o.last_used AS ts FROM observations o
+                       JOIN sessions s ON s.guru = o.guru AND s.id = o.id
+                       WHERE o.guru = $g AND NOT s.deleted
+                       UNION ALL
+                       SELECT m.date_created FROM messages m
+                       JOIN sessions s ON s.guru = m.guru AND s.id = m.session_id
+                       WHERE m.guru = $g AND NOT s.deleted)""",
+                {"g": self.slug},
+            ).fetchone() or (None, None)
+        return CacheStatus(
+            slug=self.slug,
+            path=str(self.db),
+            exists=True,
+            sessions=info["sessions"],
+            deleted=info["deleted"],
+            users=info["users"],
+            messages=info["messages"],
+            pending_messages=info["pending_messages"],
+            first_event=_utc_or_none(first),
+            last_event=_utc_or_none(last),
+            last_run=info["last_run"],
+        )
+
+    def user_ids(self) -> list[str]:
+        """External user ids with cached sessions, most sessions first."""
+        if self._store is None and not self.db.is_file():
+            return []
+        with self.reader() as con:
+            rows = con.execute(
+                """SELECT u.external_user_id FROM session_users u
+                   JOIN sessions s ON s.guru = u.guru AND s.id = u.id
+                   WHERE u.guru = ? AND NOT s.deleted
+                   GROUP BY 1 ORDER BY count(*) DESC, 1""",
+                [self.slug],
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    # --- the one call that fetches ---
+
+    def sync(
+        self,
+        *,
+        users: Iterable[str] | None = None,
+        guru_wide: bool = True,
+        search: str | None = None,
+        full: bool = False,
+        messages: bool = False,
+        max_requests: int | None = None,
+        progress: bool | None = None,
+        on_request: Callable[[int], None] | None = None,
+    ) -> SyncSummary:
+        """Bring the cache up to date: the guru-wide listing, then one listing per user.
+
+        ``users`` defaults to the ids given at construction (``[]`` = none). ``messages``
+        then fetches the conversations of new or changed sessions (one request each, at most
+        ``max_requests``). ``on_request(n)`` is called at the start of the n-th request.
+        The first run reads everything; later runs stop at what the cache already has.
+        """
+        from .client import GurubaseClient
+        from .sync import sync as run_sync
+
+        if isinstance(users, str):
+            raise ConfigError("users must be a list of external user ids, not one string")
+        user_list = list(dict.fromkeys(self.users_to_sync if users is None else users))
+        if not guru_wide and not user_list:
+            raise ConfigError("nothing to sync: pass users=[...] or keep guru_wide=True")
+        limiter = (
+            _ReportingLimiter.build(self.rate_limit, self.rate_window, on_request)
+            if on_request is not None
+            else None
+        )
+        client = GurubaseClient(
+            self._api_key,
+            self.base_url,
+            session=self._session,
+            rate_limit=self.rate_limit,
+            rate_window=self.rate_window,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            clock=self._clock,
+            limiter=limiter,
+        )
+        steps: list[list[str] | None] = ([None] if guru_wide else []) + (
+            [user_list] if user_list else []
+        )
+        summaries: list[SyncSummary] = []
+        try:
+            for i, step in enumerate(steps):
+                last = i == len(steps) - 1
+                summaries.append(
+                    run_sync(
+                        self.slug,
+                        client=client,
+                        store=self.store,
+                        users=step,
+                        search=search,
+                        full=full,
+                        messages=messages and last,
+                        max_requests=max_requests if last else None,
+                        progress=progress,
+                        clock=self._clock,
+                    )
+                )
+        finally:
+            client.close()
+        return _merge(summaries)
+
+    # --- frames (read the cache, never fetch) ---
+
+    def _frame(self, name: str, *args: Any, **params: Any) -> pd.DataFrame:
+        from . import frames
+
+        fn = frames.FRAMES[name]
+        if name in _TZ_DEFAULTED and params.get("tz") is None:
+            params["tz"] = self.tz
+        with self.reader() as con:
+            return fn(con, self.slug, *args, **params)
+
+    def sessions(self, **filters: Any) -> pd.DataFrame:
+        """One row per cached session (``frames.sessions``: start, end, users, search, ...)."""
+        return self._frame("sessions", **filters)
+
+    def activity(
+        self, freq: str = "day", tz: str | None = None, by: str | None = None, **filters: Any
+    ) -> pd.DataFrame:
+        """Active/new sessions, events and active users per bucket (``frames.activity``)."""
+        return self._frame("activity", freq=freq, tz=tz, by=by, **filters)
+
+    def users(self, **filters: Any) -> pd.DataFrame:
+        """Per external user: sessions, events, active days, share, rank (``frames.users``)."""
+        return self._frame("users", **filters)
+
+    def lifecycle(self, freq: str = "week", tz: str | None = None, **filters: Any) -> pd.DataFrame:
+        """New / returning / resurrected / dormant users per bucket (``frames.lifecycle``)."""
+        return self._frame("lifecycle", freq=freq, tz=tz, **filters)
+
+    def retention(
+        self, freq: str = "week", periods: int = 8, tz: str | None = None, **filters: Any
+    ) -> pd.DataFrame:
+        """Cohort retention, long format (``frames.retention``; ``retention_matrix`` pivots)."""
+        return self._frame("retention", freq=freq, periods=periods, tz=tz, **filters)
+
+    def summary(
+        self, period: str = "7d", now: Any = None, tz: str | None = None, **filters: Any
+    ) -> pd.DataFrame:
+        """Headline figures for the last ``period`` against the one before (``frames.summary``).
+
+        ``now`` defaults to the wall clock; pass ``now="latest"`` to end at the newest cached
+        activity (useful for data that stopped, like the synthetic demo)."""
+        if isinstance(now, str) and now == "latest":
+            now = self.status().last_event
+        return self._frame("summary", period=period, now=now, tz=tz, **filters)
+
+    def heatmap(self, tz: str | None = None, **filters: Any) -> pd.DataFrame:
+        """Events and active sessions per local weekday x hour (``frames.weekday_hour``)."""
+        return self._frame("heatmap", tz=tz, **filters)
+
+    def binge_length(self, by: str | None = None, **filters: Any) -> pd.DataFrame:
+        """Messages per session: mean, median, p90, max (needs ``sync(messages=True)``)."""
+        return self._frame("binge_length", by=by, **filters)
+
+    def sources(self, freq: str = "week", tz: str | None = None, **filters: Any) -> pd.DataFrame:
+        """Messages per bucket per source (needs ``sync(messages=True)``)."""
+        return self._frame("sources", freq=freq, tz=tz, **filters)
+
+    def votes(self, freq: str = "week", tz: str | None = None, **filters: Any) -> pd.DataFrame:
+        """Votes and mean trust score per bucket (needs ``sync(messages=True)``)."""
+        return self._frame("votes", freq=freq, tz=tz, **filters)
+
+    # --- plots ---
+
+    def _chart(self, name: str, ax: Axes | None, params: dict[str, Any]) -> Axes:
+        from . import plots
+
+        frame_fn = plots.CHARTS[name][0]
+        params = {k: v for k, v in params.items() if v is not None}
+        if "tz" not in params and "tz" in _parameters(frame_fn):
+            params["tz"] = self.tz
+        with self.reader() as con:
+            return plots.chart(con, name, self.slug, ax=ax, **params)
+
+    def plot_activity(
+        self,
+        freq: str = "day",
+        tz: str | None = None,
+        by: str | None = None,
+        *,
+        metric: str = "active_sessions",
+        kind: str = "bar",
+        top: int = 5,
+        ax: Axes | None = None,
+        **filters: Any,
+    ) -> Axes:
+        """Bars of ``metric`` per bucket (stacked by the top users with ``by='user'``)."""
+        return self._chart(
+            "activity",
+            ax,
+            {
+                "freq": freq,
+                "tz": tz,
+                "by": by,
+                "metric": metric,
+                "kind": kind,
+                "top": top,
+                **filters,
+            },
+        )
+
+    def plot_users(
+        self, metric: str = "sessions", *, top: int = 20, ax: Axes | None = None, **filters: Any
+    ) -> Axes:
+        """Horizontal bars of the top users by ``metric``."""
+        return self._chart("users", ax, {"metric": metric, "top": top, **filters})
+
+    def plot_heatmap(
+        self,
+        tz: str | None = None,
+        *,
+        metric: str = "events",
+        ax: Axes | None = None,
+        **filters: Any,
+    ) -> Axes:
+        """Weekday x hour heatmap in the time zone."""
+        return self._chart("heatmap", ax, {"tz": tz, "metric": metric, **filters})
+
+    def plot_lifecycle(
+        self, freq: str = "week", tz: str | None = None, *, ax: Axes | None = None, **filters: Any
+    ) -> Axes:
+        """New / returning / resurrected users above zero, dormant below."""
+        return self._chart("lifecycle", ax, {"freq": freq, "tz": tz, **filters})
+
+    def plot_retention(
+        self,
+        freq: str = "week",
+        periods: int = 8,
+        tz: str | None = None,
+        *,
+        value: str = "rate",
+        ax: Axes | None = None,
+        **filters: Any,
+    ) -> Axes:
+        """Cohort x period retention heatmap."""
+        return self._chart(
+            "retention", ax, {"freq": freq, "periods": periods, "tz": tz, "value": value, **filters}
+        )
+
+    def plot_sources(
+        self, freq: str = "week", tz: str | None = None, *, ax: Axes | None = None, **filters: Any
+    ) -> Axes:
+        """Messages per bucket stacked by source (needs messages)."""
+        return self._chart("sources", ax, {"freq": freq, "tz": tz, **filters})
+
+    def plot_binge_length(self, *, ax: Axes | None = None, **filters: Any) -> Axes:
+        """Histogram of messages per session (needs messages)."""
+        return self._chart("binge_length", ax, dict(filters))
+
+    def plot_trust(
+        self, freq: str = "week", tz: str | None = None, *, ax: Axes | None = None, **filters: Any
+    ) -> Axes:
+        """Mean trust score per bucket (needs messages)."""
+        return self._chart("trust", ax, {"freq": freq, "tz": tz, **filters})
+
+    # --- reports and the dashboard ---
+
+    def export(self, report: str, path: str | os.PathLike[str], **params: Any) -> pd.DataFrame:
+        """Write report ``report`` (``sessions``, ``activity``, ``users``, ``lifecycle``,
+        ``retention``, ``summary``, ``heatmap``, ...) to ``.csv`` or ``.parquet``; returns it."""
+        from . import frames, reports
+
+        if (
+            report in frames.FRAMES
+            and "tz" in _parameters(frames.FRAMES[report])
+            and params.get("tz") is None
+        ):
+            params["tz"] = self.tz
+        with self.reader() as con:
+            return reports.export(con, report, path, self.slug, **params)
+
+    def dashboard(self, **options: Any) -> Dashboard:
+        """The interactive dashboard (an ipywidgets widget; see ``widgets.Dashboard``)."""
+        from .widgets import Dashboard
+
+        return Dashboard(self, **options)
+
+    # --- display ---
+
+    def _key_note(self) -> str:
+        if self._api_key is not None:
+            return mask_key(self._api_key)
+        env = os.environ.get("GURUBASE_API_KEY")
+        return f"{mask_key(env)} (GURUBASE_API_KEY)" if env else "<none>"
+
+    def _status_or_error(self) -> tuple[CacheStatus | None, str]:
+        try:
+            status = self.status()
+        except CacheError as exc:
+            return None, f"cache unreadable: {exc}"
+        return status, status.describe()
+
+    def __repr__(self) -> str:
+        _status, text = self._status_or_error()
+        where = f", base_url={self.base_url!r}" if self.base_url else ""
+        return f"Guru({self.slug!r}, key={self._key_note()}{where}, db={str(self.db)!r}): {text}"
+
+    def _repr_html_(self) -> str:
+        status, text = self._status_or_error()
+        rows: list[tuple[str, str]] = [("guru", self.slug), ("API key", self._key_note())]
+        if self.base_url:
+            rows.append(("API", self.base_url))
+        rows.append(("cache", str(self.db)))
+        if status is None or not status.exists or status.last_run is None and status.sessions == 0:
+            rows.append(("cached", text))
+        else:
+            rows += [
+                (
+                    "sessions",
+                    f"{status.sessions:,}"
+                    + (f" (+{status.deleted:,} deleted)" if status.deleted else ""),
+                ),
+                ("users", f"{status.users:,}"),
+                (
+                    "messages",
+                    f"{status.messages:,}"
+                    + (
+                        f" ({status.pending_messages:,} to fetch)"
+                        if status.pending_messages
+                        else ""
+                    ),
+                ),
+                ("span", status.span),
+                ("last sync", status.last_sync),
+            ]
+        body = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>{html.escape(v)}</td></tr>"
+            for k, v in rows
+        )
+        return f"<table>{body}</table>"
+
+
+def _stop_local(srv: LocalGurubase, tmpdir: str | None) -> None:
+    srv.stop()
+    if tmpdir is not None:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _utc_or_none(value: Any) -> datetime | None:
+    if value is None or value is pd.NaT:
+        return None
+    return pd.Timestamp(value).tz_convert("UTC").to_pydatetime()
+
+
+def _parameters(fn: Callable[..., Any]) -> Sequence[str]:
+    import inspect
+
+    return list(inspect.signature(fn).parameters)
+
+
+def _merge(summaries: Sequence[SyncSummary]) -> SyncSummary:
+    """One summary for the guru-wide and per-user syncs of one ``Guru.sync`` call."""
+    if len(summaries) == 1:
+        return summaries[0]
+    from .sync import SyncSummary
+
+    first = summaries[0]
+    modes = {s.mode for s in summaries}
+    mode = "resume" if "resume" in modes else "full" if "full" in modes else "incremental"
+    outcome = next((s.outcome for s in summaries if s.outcome != "ok"), "ok")
+    merged = SyncSummary(
+        guru=first.guru, mode=mode, listings=[k for s in summaries for k in s.listings]
+    )
+    for name in (
+        "requests", "throttled", "retries", "pages", "sessions_new", "sessions_changed",
+        "sessions_deleted", "tie_rereads", "top_ups", "verified", "unverified", "messages_fetched",
+    ):  # fmt: skip
+        setattr(merged, name, sum(getattr(s, name) for s in summaries))
+    merged.messages_remaining = summaries[-1].messages_remaining
+    merged.seconds = sum(s.seconds for s in summaries)
+    merged.outcome = outcome
+    merged.run_id = summaries[-1].run_id
+    merged.notes = [n for s in summaries for n in s.notes]
+    return merged

@@ -1,0 +1,475 @@
+"""Matplotlib charts of the analytics frames.
+
+Each ``plot_*`` function draws one DataFrame from ``guru_analytics.frames`` (controls stay in
+the frame call, drawing here), takes ``ax=None`` and returns the Axes. Without an ``ax`` it
+builds a ``matplotlib.figure.Figure`` through the object-oriented API: no pyplot state, no
+``show()``, so it is safe under Agg, in tests and in threads. ``chart(con, name, guru, ...)``
+computes the frame from the cache and draws it in one call; ``save`` writes PNG or SVG.
+
+Date axes use ``AutoDateLocator`` + ``ConciseDateFormatter`` in the frame's time zone, so a
+year of daily buckets gets a handful of month ticks instead of 365 overlapping labels.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import matplotlib.dates as mdates
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from . import frames
+from .errors import ConfigError, NoDataError
+
+OTHER = "other"
+_METRIC_LABELS = {
+    "active_sessions": "Active sessions",
+    "new_sessions": "New sessions",
+    "events": "Activity events",
+    "active_users": "Active users",
+    "messages": "Messages",
+    "sessions": "Sessions",
+    "active_days": "Active days",
+    "active_weeks": "Active weeks",
+    "share": "Share of sessions",
+}
+_NEXT = {
+    "D": pd.DateOffset(days=1),
+    "W": pd.DateOffset(days=7),
+    "M": pd.DateOffset(months=1),
+    "Q": pd.DateOffset(months=3),
+    "Y": pd.DateOffset(years=1),
+}
+_ADJ = {"H": "hourly", "D": "daily", "W": "weekly", "M": "monthly", "Q": "quarterly", "Y": "yearly"}
+
+
+def _label(metric: str) -> str:
+    return _METRIC_LABELS.get(metric, metric.replace("_", " ").capitalize())
+
+
+def _axes(ax: Axes | None, figsize: tuple[float, float] = (10.0, 4.5)) -> Axes:
+    """The given Axes, or one on a new pyplot-free Figure."""
+    if ax is not None:
+        return ax
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig.add_subplot()
+
+
+def _need(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ConfigError(
+            f"cannot draw {what}: the frame lacks column(s) {', '.join(missing)}; pass the frame from frames.{what}()"
+        )
+    if df.empty:
+        raise NoDataError(f"nothing to draw for {what}: the frame is empty (widen the filters)")
+
+
+def _tz(df: pd.DataFrame, column: str = "bucket") -> str:
+    tz = getattr(df[column].dt, "tz", None)
+    return str(tz) if tz is not None else str(df.attrs.get("tz", "UTC"))
+
+
+def _freq(df: pd.DataFrame, column: str = "bucket") -> str:
+    """Bucket code from the frame's attrs, else guessed from the spacing of its buckets."""
+    code = df.attrs.get("freq")
+    if isinstance(code, str) and code in frames.FREQ_NAMES:
+        return code
+    starts = pd.Series(df[column].drop_duplicates().sort_values())
+    if len(starts) < 2:
+        return "D"
+    hours = starts.diff().dropna().median() / pd.Timedelta(hours=1)
+    for code, limit in (("H", 2), ("D", 30), ("W", 200), ("M", 1500), ("Q", 3000)):
+        if hours < limit:
+            return code
+    return "Y"
+
+
+def _num(ts: pd.Series | pd.DatetimeIndex) -> np.ndarray:
+    """Matplotlib date numbers (days since the epoch, UTC) for tz-aware instants."""
+    idx = pd.DatetimeIndex(ts).tz_convert("UTC").tz_localize(None)
+    return np.asarray(mdates.date2num(idx.to_numpy()))
+
+
+def _bucket_edges(starts: pd.DatetimeIndex, freq: str) -> tuple[np.ndarray, np.ndarray]:
+    """Left edges and widths (days) of consecutive buckets; DST days and months vary."""
+    last = starts[-1]
+    nxt = last + (pd.Timedelta(hours=1) if freq == "H" else _NEXT[freq])
+    edges = _num(starts.append(pd.DatetimeIndex([nxt])))
+    return edges[:-1], np.diff(edges)
+
+
+def _date_axis(ax: Axes, tz: str, axis: str = "x") -> None:
+    zone = ZoneInfo(tz)
+    locator = mdates.AutoDateLocator(tz=zone, minticks=3, maxticks=8)
+    formatter = mdates.ConciseDateFormatter(locator, tz=zone)
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    target.set_major_locator(locator)
+    target.set_major_formatter(formatter)
+
+
+def _stack_groups(df: pd.DataFrame, group: str, metric: str, top: int) -> pd.DataFrame:
+    """Wide bucket × group table keeping the ``top`` groups by total (ties by name) and
+    summing the rest into ``other`` (vectorised pivot, no per-row loop)."""
+    totals = df.groupby(group)[metric].sum().reset_index()
+    totals = totals.sort_values([metric, group], ascending=[False, True], kind="stable")
+    keep = list(totals[group].iloc[:top])
+    labels = df[group].where(df[group].isin(keep), OTHER)
+    wide = (
+        df.assign(_g=labels)
+        .pivot_table(index="bucket", columns="_g", values=metric, aggfunc="sum", fill_value=0)
+        .sort_index()
+    )
+    order = keep + ([OTHER] if OTHER in wide.columns and OTHER not in keep else [])
+    return wide[order]
+
+
+def _bars_or_lines(
+    ax: Axes,
+    wide: pd.DataFrame,
+    freq: str,
+    kind: str,
+) -> None:
+    starts = pd.DatetimeIndex(wide.index)
+    if kind == "bar":
+        left, width = _bucket_edges(starts, freq)
+        bottom = np.zeros(len(wide))
+        gap = 0.9 if len(wide) <= 400 else 1.0
+        for name in wide.columns:
+            values = wide[name].to_numpy(dtype=float)
+            ax.bar(left, values, width * gap, bottom=bottom, align="edge", label=str(name))
+            bottom = bottom + values
+    elif kind == "line":
+        x = _num(starts)
+        for name in wide.columns:
+            ax.plot(
+                x,
+                wide[name].to_numpy(dtype=float),
+                label=str(name),
+                marker="." if len(x) < 60 else None,
+            )
+    else:
+        raise ConfigError(f"unknown kind {kind!r}: use 'bar' or 'line'")
+
+
+def _legend(ax: Axes) -> None:
+    """Legend outside the plot area, on the right, so it never hides a bar."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+
+
+def _count_axis(ax: Axes, axis: str = "y") -> None:
+    """Integer ticks for counts (no '0.25 sessions')."""
+    (ax.yaxis if axis == "y" else ax.xaxis).set_major_locator(MaxNLocator(integer=True))
+
+
+def _bucket_title(what: str, freq: str, tz: str, detail: str = "") -> str:
+    """'Active sessions per day by user, top 5 + other (Europe/Berlin)'."""
+    return f"{what} per {frames.FREQ_NAMES[freq]}{detail} ({tz})"
+
+
+# --- charts of frames -------------------------------------------------------------------
+
+
+def plot_activity(
+    df: pd.DataFrame,
+    metric: str = "active_sessions",
+    *,
+    kind: str = "bar",
+    top: int = 5,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Axes:
+    """Activity over time from ``frames.activity``: bars (stacked by the ``top`` users or
+    gurus plus ``other`` when the frame is grouped) or one line per series."""
+    _need(df, ["bucket", metric], "activity")
+    if top < 1:
+        raise ConfigError(f"top must be at least 1, got {top}")
+    ax = _axes(ax)
+    tz, freq = _tz(df), _freq(df)
+    group = next((g for g in ("user", "guru", "source") if g in df.columns), None)
+    if group is None:
+        wide = df.set_index("bucket")[[metric]].sort_index()
+    else:
+        wide = _stack_groups(df, group, metric, top)
+    _bars_or_lines(ax, wide, freq, kind)
+    _date_axis(ax, tz)
+    if metric != "share":
+        _count_axis(ax)
+    ax.set_ylabel(_label(metric))
+    detail = ""
+    if group is not None:
+        detail = f" by {group}" + (f", top {top} + {OTHER}" if OTHER in wide.columns else "")
+        _legend(ax)
+    ax.set_title(title or _bucket_title(_label(metric), freq, tz, detail))
+    ax.margins(x=0.01)
+    return ax
+
+
+def plot_users(
+    df: pd.DataFrame,
+    metric: str = "sessions",
+    *,
+    top: int = 20,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Axes:
+    """Horizontal bars of the ``top`` users by ``metric`` (largest at the top) from
+    ``frames.users``; ``(unattributed)`` is shown like any user so it is never hidden."""
+    _need(df, ["user", metric], "users")
+    ax = _axes(ax, (8.0, max(2.5, 0.32 * min(top, len(df)) + 1.2)))
+    best = df.sort_values([metric, "user"], ascending=[False, True], kind="stable").head(top)
+    names = [u if len(u) <= 32 else u[:31] + "…" for u in best["user"].astype(str)]
+    y = np.arange(len(best))[::-1]
+    ax.barh(y, best[metric].to_numpy(dtype=float), color="tab:blue")
+    ax.set_yticks(y, names)
+    ax.set_xlabel(_label(metric))
+    if metric != "share":
+        _count_axis(ax, "x")
+    shown = f"Top {len(best)} users" if len(df) > len(best) else f"All {len(best)} users"
+    ax.set_title(title or f"{shown} by {_label(metric).lower()}")
+    return ax
+
+
+def plot_heatmap(
+    df: pd.DataFrame,
+    metric: str = "events",
+    *,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Axes:
+    """Weekday × hour heatmap from ``frames.weekday_hour`` (rows in the frame's week order)."""
+    _need(df, ["weekday_name", "hour", metric], "weekday_hour")
+    ax = _axes(ax, (10.0, 3.8))
+    days = list(dict.fromkeys(df["weekday_name"]))
+    grid = df.pivot(index="weekday_name", columns="hour", values=metric).reindex(days)
+    image = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", cmap="viridis", origin="upper")
+    ax.set_yticks(np.arange(len(days)), days)
+    hours = np.arange(0, 24, 2)
+    ax.set_xticks(hours, [f"{h:02d}" for h in hours])
+    ax.set_xlabel("Hour of day")
+    ax.figure.colorbar(image, ax=ax, label=_label(metric))
+    tz = str(df.attrs.get("tz", "UTC"))
+    ax.set_title(title or f"{_label(metric)} by weekday and hour ({tz})")
+    return ax
+
+
+_LIFECYCLE_PARTS = [
+    ("new_users", "new", "tab:green"),
+    ("returning_users", "returning", "tab:blue"),
+    ("resurrected_users", "resurrected", "tab:orange"),
+    ("dormant_users", "dormant", "tab:gray"),
+]
+
+
+def plot_lifecycle(df: pd.DataFrame, *, ax: Axes | None = None, title: str | None = None) -> Axes:
+    """Stacked bars from ``frames.lifecycle``: new, returning, resurrected above zero and
+    dormant (already negative in the frame) below it."""
+    _need(df, ["bucket", *(c for c, _l, _c in _LIFECYCLE_PARTS)], "lifecycle")
+    ax = _axes(ax)
+    tz, freq = _tz(df), _freq(df)
+    starts = pd.DatetimeIndex(df["bucket"])
+    left, width = _bucket_edges(starts, freq)
+    bottom = np.zeros(len(df))
+    for column, label, color in _LIFECYCLE_PARTS:
+        values = df[column].to_numpy(dtype=float)
+        base = np.zeros(len(df)) if column == "dormant_users" else bottom
+        ax.bar(left, values, width * 0.9, bottom=base, align="edge", label=label, color=color)
+        if column != "dormant_users":
+            bottom = bottom + values
+    ax.axhline(0, color="black", linewidth=0.8)
+    _date_axis(ax, tz)
+    _count_axis(ax)
+    ax.set_ylabel("Users (dormant below zero)")
+    _legend(ax)
+    ax.set_title(title or _bucket_title("User lifecycle", freq, tz))
+    ax.margins(x=0.01)
+    return ax
+
+
+def plot_retention(
+    df: pd.DataFrame,
+    value: str = "rate",
+    *,
+    ax: Axes | None = None,
+    title: str | None = None,
+    annotate: bool | None = None,
+) -> Axes:
+    """Cohort × period heatmap from ``frames.retention`` (blank where not observed yet);
+    cells are annotated when there are few enough to read."""
+    _need(df, ["cohort", "period", value], "retention")
+    matrix = frames.retention_matrix(df, value)
+    ax = _axes(ax, (9.0, max(3.0, 0.35 * len(matrix) + 1.5)))
+    data = matrix.to_numpy(dtype=float)
+    image = ax.imshow(
+        np.ma.masked_invalid(data),
+        aspect="auto",
+        cmap="Blues",
+        vmin=0,
+        vmax=1.0 if value == "rate" else None,
+    )
+    tz, freq = _tz(df, "cohort"), _freq(df, "cohort")
+    fmt = "%Y-%m-%d %H:%M" if freq == "H" else "%Y-%m-%d"
+    cohorts = pd.DatetimeIndex(matrix.index).strftime(fmt)
+    step = max(1, len(cohorts) // 25)
+    rows = np.arange(0, len(cohorts), step)
+    ax.set_yticks(rows, [cohorts[i] for i in rows])
+    ax.set_xticks(np.arange(matrix.shape[1]), [str(p) for p in matrix.columns])
+    ax.set_xlabel(f"{frames.FREQ_NAMES[freq].capitalize()}s since first activity")
+    ax.set_ylabel("Cohort")
+    if annotate is None:
+        annotate = data.size <= 400
+    if annotate:
+        r, c = np.nonzero(~np.isnan(data))
+        for i, j in zip(r, c, strict=True):
+            text = f"{data[i, j]:.0%}" if value == "rate" else f"{int(data[i, j])}"
+            dark = value == "rate" and data[i, j] > 0.6
+            ax.text(
+                j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black"
+            )
+    ax.figure.colorbar(image, ax=ax, label="Retention rate" if value == "rate" else "Users")
+    what = "Retention rate" if value == "rate" else "Retained users"
+    ax.set_title(title or f"{what} by {_ADJ[freq]} cohort ({tz})")
+    return ax
+
+
+def plot_sources(
+    df: pd.DataFrame,
+    *,
+    kind: str = "bar",
+    top: int = 6,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Axes:
+    """Messages per bucket stacked by source, from ``frames.sources``."""
+    _need(df, ["bucket", "source", "messages"], "sources")
+    ax = _axes(ax)
+    tz, freq = _tz(df), _freq(df)
+    wide = _stack_groups(df, "source", "messages", top)
+    _bars_or_lines(ax, wide, freq, kind)
+    _date_axis(ax, tz)
+    _count_axis(ax)
+    ax.set_ylabel("Messages")
+    _legend(ax)
+    ax.set_title(title or _bucket_title("Messages", freq, tz, " by source"))
+    ax.margins(x=0.01)
+    return ax
+
+
+def plot_binge_length(
+    df: pd.DataFrame,
+    *,
+    bins: int | Sequence[float] | None = None,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Axes:
+    """Histogram of messages per session from ``frames.sessions`` (its ``messages`` column;
+    sessions whose messages were never fetched are left out and counted in the title)."""
+    _need(df, ["messages"], "sessions")
+    counts = df["messages"].dropna().to_numpy(dtype=float)
+    if counts.size == 0:
+        raise NoDataError(
+            "no session in the frame has stored messages: run `guru-analytics sync GURU --messages` first"
+        )
+    ax = _axes(ax, (8.0, 4.0))
+    if bins is None:
+        top = int(counts.max())
+        bins = np.arange(0.5, top + 1.5) if top <= 60 else 40
+    ax.hist(counts, bins=bins, color="tab:purple", edgecolor="white")
+    ax.set_xlabel("Messages per session")
+    _count_axis(ax)
+    ax.set_ylabel("Sessions")
+    skipped = len(df) - counts.size
+    note = f"; {skipped} without messages left out" if skipped else ""
+    ax.set_title(title or f"Messages per session ({counts.size} sessions{note})")
+    return ax
+
+
+def plot_trust(df: pd.DataFrame, *, ax: Axes | None = None, title: str | None = None) -> Axes:
+    """Mean trust score per bucket from ``frames.votes`` (gaps where nothing was scored)."""
+    _need(df, ["bucket", "mean_trust_score"], "votes")
+    ax = _axes(ax)
+    tz, freq = _tz(df), _freq(df)
+    x = _num(df["bucket"])
+    ax.plot(
+        x,
+        df["mean_trust_score"].to_numpy(dtype=float),
+        marker="o",
+        markersize=3,
+        label="mean trust score",
+    )
+    ax.set_ylim(0, 100)
+    _date_axis(ax, tz)
+    ax.set_ylabel("Trust score (0-100)")
+    ax.set_title(title or _bucket_title("Mean trust score", freq, tz))
+    return ax
+
+
+# --- from the cache in one call ---------------------------------------------------------
+
+PlotFn = Callable[..., Axes]
+CHARTS: dict[str, tuple[Callable[..., pd.DataFrame], PlotFn, frozenset[str]]] = {
+    "activity": (frames.activity, plot_activity, frozenset({"metric", "kind", "top", "title"})),
+    "users": (frames.users, plot_users, frozenset({"metric", "top", "title"})),
+    "heatmap": (frames.weekday_hour, plot_heatmap, frozenset({"metric", "title"})),
+    "lifecycle": (frames.lifecycle, plot_lifecycle, frozenset({"title"})),
+    "retention": (frames.retention, plot_retention, frozenset({"value", "title", "annotate"})),
+    "sources": (frames.sources, plot_sources, frozenset({"kind", "top", "title"})),
+    "binge_length": (frames.sessions, plot_binge_length, frozenset({"bins", "title"})),
+    "trust": (frames.votes, plot_trust, frozenset({"title"})),
+}
+"""Chart name → (frame function, plot function, the keyword arguments that go to the plot)."""
+
+
+def chart(
+    con: frames.Source,
+    name: str,
+    guru: str | Sequence[str],
+    *,
+    ax: Axes | None = None,
+    **params: Any,
+) -> Axes:
+    """Compute the frame for chart ``name`` from the cache and draw it.
+
+    ``params`` are split: drawing options (``metric``, ``kind``, ``top``, ``value``, ``bins``,
+    ``title``) go to the plot, everything else (``freq``, ``tz``, ``by``, ``start``, ...) to
+    the frame function.
+    """
+    if name not in CHARTS:
+        raise ConfigError(f"unknown chart {name!r}: use one of {', '.join(CHARTS)}")
+    frame_fn, plot_fn, plot_keys = CHARTS[name]
+    plot_params = {k: v for k, v in params.items() if k in plot_keys}
+    frame_params = {k: v for k, v in params.items() if k not in plot_keys}
+    if name == "binge_length" and frame_params.pop("by", None) is not None:
+        raise ConfigError("the binge_length chart is not grouped: drop by=")
+    df = frame_fn(con, guru, **frame_params)
+    return plot_fn(df, ax=ax, **plot_params)
+
+
+def save(target: Axes | Figure, path: str | os.PathLike[str], *, dpi: int = 120) -> Path:
+    """Write the chart's figure to ``path`` as PNG or SVG (by extension), atomically, so a
+    failed write never leaves a half file behind."""
+    out = Path(path)
+    fmt = out.suffix.lower().lstrip(".")
+    if fmt not in ("png", "svg"):
+        raise ConfigError(f"cannot save a chart as {out.name!r}: use a .png or .svg file name")
+    fig = target if isinstance(target, Figure) else target.figure
+    if not isinstance(fig, Figure):
+        raise ConfigError("save() needs a matplotlib Axes or Figure")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".{fmt}", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format=fmt, dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out

@@ -1,0 +1,744 @@
+"""Deterministic fake guru data, so every layer can be tested and demoed without the API.
+
+``generate`` builds a whole guru's sessions in one vectorised pass (numpy, no Python loop per
+session): a million sessions take a few seconds. Everything follows from ``seed``; the
+default ``end`` is a fixed date so the same seed always yields the same frame.
+
+Messages (the Get Session conversation) are not stored: they are recomputed on demand from a
+hash of (seed, session id) and the session's row, both one session at a time
+(``SyntheticGuru.messages``) and in bulk (``message_events``), and both paths share the same
+vectorised core, so they always agree.
+
+The shapes are meant to look like a real guru: a few power users and a long tail, widget
+visitors without an external user id, a weekday and time-of-day rhythm (UTC), growth over
+time with a launch-day burst, titles drawn from a handful of support topics, a hidden
+original wording that differs from the title, 1..15 messages per session with gaps from
+seconds to days.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError, NotFoundError
+from .timestamps import format_offset
+
+DEFAULT_END = datetime(2025, 11, 1, tzinfo=UTC)
+"""The default end of the generated history: fixed, so a seed always gives the same data."""
+
+SOURCES: tuple[str, ...] = ("USER", "WIDGET QUESTION", "API", "SLACK", "DISCORD", "GITHUB")
+MAX_MESSAGES = 15
+SESSION_COLUMNS: tuple[str, ...] = (
+    "id",
+    "last_used",
+    "date_created",
+    "root_question_name",
+    "root_question_slug",
+    "user_question",
+    "external_user_id",
+    "n_messages",
+    "source",
+    "has_root",
+)
+
+_US_PER_S = 1_000_000
+_US_PER_DAY = 86_400 * _US_PER_S
+
+# topic -> (title templates, subjects). Titles are every template x subject.
+_TOPICS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "install": (
+        (
+            "How do I install {s}?",
+            "Installing {s} fails with a permission error",
+            "What are the system requirements for {s}?",
+            "Can I install {s} without Docker?",
+        ),
+        (
+            "the CLI",
+            "the Python SDK",
+            "the self-hosted server",
+            "the VS Code extension",
+            "the widget",
+        ),
+    ),
+    "auth": (
+        (
+            "How do I rotate the API key for {s}?",
+            "Why does {s} return 401 Invalid API key?",
+            "How do I set up SSO with {s}?",
+        ),
+        ("Okta", "Google Workspace", "GitHub OAuth", "Azure AD", "the REST API"),
+    ),
+    "api": (
+        (
+            "What is the rate limit of {s}?",
+            "How do I paginate {s}?",
+            "Why does {s} time out?",
+            "Is there a webhook for {s}?",
+        ),
+        (
+            "the sessions endpoint",
+            "the answer endpoint",
+            "the data sources API",
+            "streaming answers",
+        ),
+    ),
+    "deployment": (
+        (
+            "How do I deploy {s} on Kubernetes?",
+            "How do I upgrade {s}?",
+            "How do I back up {s}?",
+            "Why does {s} run out of memory?",
+        ),
+        ("Gurubase", "the Postgres database", "the Milvus vector store", "the Nginx proxy"),
+    ),
+    "billing": (
+        (
+            "How do I change {s}?",
+            "Why was I charged twice for {s}?",
+            "Can I get an invoice for {s}?",
+        ),
+        ("my plan", "extra seats", "the annual subscription", "API overage"),
+    ),
+    "integrations": (
+        (
+            "How do I connect {s}?",
+            "Why is the {s} bot not answering?",
+            "Can the {s} integration answer in threads?",
+        ),
+        ("Slack", "Discord", "GitHub issues", "Jira", "Zendesk"),
+    ),
+    "data sources": (
+        (
+            "How do I index {s}?",
+            "Why is {s} not crawled?",
+            "How often is {s} re-indexed?",
+        ),
+        (
+            "a sitemap",
+            "a PDF manual",
+            "a YouTube playlist",
+            "a private GitHub repo",
+            "Confluence pages",
+        ),
+    ),
+}
+
+_FOLLOW_UPS: tuple[str, ...] = (
+    "Can you show an example?",
+    "What about on Windows?",
+    "That did not work, I still get an error",
+    "Is there a way to do this from the API?",
+    "Thanks! And how do I undo it?",
+    "Which version added this?",
+    "Does this also apply to the self-hosted edition?",
+    "Can you link the docs for that?",
+    "Is there a limit on how many I can have?",
+    "How long does that take?",
+)
+
+_FIRST_NAMES = ("maria", "li", "ahmed", "olga", "sam", "priya", "jonas", "ana", "kenji", "fatima")
+_LAST_NAMES = (
+    "garcia",
+    "wang",
+    "hassan",
+    "ivanova",
+    "lee",
+    "patel",
+    "berg",
+    "silva",
+    "sato",
+    "diallo",
+)
+
+# Salts for the per-message hash streams.
+_SALT_GAP, _SALT_SOURCE, _SALT_TRUST, _SALT_VOTE, _SALT_FOLLOW, _SALT_REFS, _SALT_SLUG = range(1, 8)
+
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+@dataclass
+class SyntheticGuru:
+    """One generated guru: its identity, the sessions frame and the seed its messages use."""
+
+    slug: str
+    name: str
+    seed: int
+    sessions: pd.DataFrame
+    _index: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def row(self, session_id: str) -> Mapping[str, Any]:
+        """The sessions row of ``session_id`` as a dict (raises ``NotFoundError``)."""
+        if self._index is None:
+            self._index = {sid: i for i, sid in enumerate(self.sessions["id"].tolist())}
+        pos = self._index.get(session_id)
+        if pos is None:
+            raise NotFoundError(f"session {session_id!r} is not in synthetic guru {self.slug!r}")
+        return self.sessions.iloc[pos].to_dict()
+
+    def messages(self, session_id: str) -> list[dict[str, Any]]:
+        """The Get Session ``conversation`` of one session (deterministic from seed and id)."""
+        return conversation(self.row(session_id), seed=self.seed)
+
+    def message_events(self) -> pd.DataFrame:
+        """One row per message of every session (see ``message_events``)."""
+        return message_events(self.sessions, seed=self.seed)
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+
+# --- public functions ---------------------------------------------------------------------
+
+
+def generate(
+    n_sessions: int = 5000,
+    n_users: int = 50,
+    days: int = 120,
+    *,
+    seed: int = 0,
+    guru_slug: str = "demo-guru",
+    end: datetime | None = None,
+    unattributed_share: float = 0.3,
+    rootless_share: float = 0.0,
+) -> SyntheticGuru:
+    """Generate ``n_sessions`` sessions over the ``days`` days before ``end`` (vectorised).
+
+    ``unattributed_share`` of the sessions have no external user (widget visitors);
+    ``rootless_share`` have no first question (``has_root`` False: the API drops them from
+    listings after the page cut).
+    """
+    _check_args(n_sessions, n_users, days, unattributed_share, rootless_share)
+    end = DEFAULT_END if end is None else end
+    if end.tzinfo is None:
+        raise ConfigError("end must be a tz-aware datetime: pass e.g. datetime(..., tzinfo=UTC)")
+    rng = np.random.default_rng(seed)
+    n = int(n_sessions)
+    end_us = _to_us(end)
+    start_us = end_us - days * _US_PER_DAY
+
+    ids = _uuid4_strings(rng, n)
+    titles, slug_bases, wordings, topic_of_title = _catalog(seed)
+    title_idx = _popular_indices(rng, len(titles), n)
+    variant_idx = rng.integers(0, wordings.shape[1], size=n)
+    names = titles[title_idx]
+    slugs = _concat(slug_bases[title_idx], "-", _base36(rng.permutation(n) + 36**4))
+    user_q = wordings[title_idx, variant_idx]
+
+    users = _user_ids(n_users)
+    attributed = rng.random(n) >= unattributed_share
+    if n_users == 0:
+        attributed[:] = False
+    user_w = 1.0 / np.arange(1, max(n_users, 1) + 1) ** 1.1
+    user_pick = rng.choice(max(n_users, 1), size=n, p=user_w / user_w.sum())
+    ext = np.where(
+        attributed, users[np.minimum(user_pick, max(n_users - 1, 0))] if n_users else None, None
+    )
+
+    sources = np.empty(n, dtype=object)
+    src_user = np.array(["API", "SLACK", "DISCORD", "GITHUB", "WIDGET QUESTION"], dtype=object)
+    src_anon = np.array(["WIDGET QUESTION", "USER"], dtype=object)
+    sources[attributed] = src_user[
+        rng.choice(5, size=int(attributed.sum()), p=[0.35, 0.25, 0.2, 0.05, 0.15])
+    ]
+    sources[~attributed] = src_anon[rng.choice(2, size=int((~attributed).sum()), p=[0.6, 0.4])]
+
+    created = _creation_times(rng, n, start_us, end_us, days)
+    n_msgs = rng.zipf(1.9, size=n)
+    too_many = n_msgs > MAX_MESSAGES
+    n_msgs[too_many] = rng.integers(1, 6, size=int(too_many.sum()))
+    span = _spans(rng, n_msgs, created, end_us)
+    last_used = created + span
+
+    rootless = rng.random(n) < rootless_share
+    names = names.copy()
+    names[rootless] = None
+    slugs[rootless] = None
+    user_q = user_q.copy()
+    user_q[rootless] = None
+    n_msgs = np.where(rootless, 0, n_msgs)
+
+    frame = pd.DataFrame(
+        {
+            "id": pd.Series(ids, dtype="str"),
+            "last_used": _us_to_series(last_used),
+            "date_created": _us_to_series(created),
+            "root_question_name": pd.Series(names, dtype="str"),
+            "root_question_slug": pd.Series(slugs, dtype="str"),
+            "user_question": pd.Series(user_q, dtype="str"),
+            "external_user_id": pd.Series(ext, dtype="str"),
+            "n_messages": n_msgs.astype("int64"),
+            "source": pd.Series(sources, dtype="str"),
+            "has_root": ~rootless,
+        }
+    )
+    frame = frame.sort_values(["last_used", "id"], ascending=[False, True], ignore_index=True)
+    del topic_of_title
+    return SyntheticGuru(slug=guru_slug, name=guru_name(guru_slug), seed=seed, sessions=frame)
+
+
+def guru_name(slug: str) -> str:
+    """A display name for a slug: ``'demo-guru'`` -> ``'Demo Guru'``."""
+    return " ".join(part.capitalize() for part in re.split(r"[-_\s]+", slug) if part) or slug
+
+
+def new_sessions(
+    n: int,
+    *,
+    seed: int,
+    at: Sequence[datetime] | np.ndarray,
+    external_user_id: str | None = None,
+    source: str | None = None,
+    slug_counter_start: int = 0,
+) -> pd.DataFrame:
+    """Rows for ``n`` brand-new one-message sessions created at ``at`` (one time each).
+
+    Used by the local server to simulate users asking new questions. Slugs get an ``n``-prefixed
+    counter suffix so they never collide with ``generate``'s.
+    """
+    if len(at) != n:
+        raise ConfigError(f"new_sessions needs {n} creation times, got {len(at)}")
+    rng = np.random.default_rng([seed, slug_counter_start, 7919])
+    titles, slug_bases, wordings, _topics = _catalog(seed)
+    title_idx = _popular_indices(rng, len(titles), n)
+    variant_idx = rng.integers(0, wordings.shape[1], size=n)
+    suffix = _concat(
+        np.full(n, "n", dtype=object),
+        _base36(np.arange(slug_counter_start, slug_counter_start + n)),
+    )
+    at_us = np.array([_to_us(t) for t in at], dtype=np.int64)
+    src = source or ("API" if external_user_id else "WIDGET QUESTION")
+    return pd.DataFrame(
+        {
+            "id": pd.Series(_uuid4_strings(rng, n), dtype="str"),
+            "last_used": _us_to_series(at_us),
+            "date_created": _us_to_series(at_us),
+            "root_question_name": pd.Series(titles[title_idx], dtype="str"),
+            "root_question_slug": pd.Series(
+                _concat(slug_bases[title_idx], "-", suffix), dtype="str"
+            ),
+            "user_question": pd.Series(wordings[title_idx, variant_idx], dtype="str"),
+            "external_user_id": pd.Series([external_user_id] * n, dtype="str"),
+            "n_messages": np.ones(n, dtype="int64"),
+            "source": pd.Series([src] * n, dtype="str"),
+            "has_root": np.ones(n, dtype=bool),
+        }
+    )
+
+
+def message_events(sessions: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
+    """One row per message: ``id`` (session id), ``message_index`` (0 = root), ``ts`` (UTC).
+
+    Vectorised over the whole frame; equal to the ``date_created`` of ``conversation()``'s
+    messages for the same ``seed``. Sessions without a root question have no messages.
+    """
+    n_msgs = sessions["n_messages"].to_numpy(dtype=np.int64)
+    n_msgs = np.where(sessions["has_root"].to_numpy(dtype=bool), n_msgs, 0)
+    keys = session_keys(sessions["id"], seed)
+    created = _series_to_us(sessions["date_created"])
+    last = _series_to_us(sessions["last_used"])
+    row, k, ts = _message_times(keys, created, last, n_msgs)
+    ids = sessions["id"].to_numpy(dtype=object)
+    return pd.DataFrame(
+        {
+            "id": pd.Series(ids[row], dtype="str"),
+            "message_index": k.astype("int64"),
+            "ts": _us_to_series(ts),
+        }
+    )
+
+
+def conversation(
+    row: Mapping[str, Any], *, seed: int, extra_times: Sequence[datetime] = ()
+) -> list[dict[str, Any]]:
+    """The Get Session messages of one session row, oldest first.
+
+    The root message asks ``root_question_name`` (hidden wording ``user_question``) at
+    ``date_created``; the last message is at ``last_used``. ``extra_times`` appends one
+    follow-up per time (the local server's touches), after the generated messages.
+    """
+    if not bool(row.get("has_root", True)):
+        return []
+    n = int(row.get("n_messages", 1) or 1)
+    keys = session_keys([str(row["id"])], seed)
+    created = np.array([_to_us(_as_datetime(row["date_created"]))], dtype=np.int64)
+    base_last = row.get("base_last_used", row["last_used"])
+    last = np.array([_to_us(_as_datetime(base_last))], dtype=np.int64)
+    _row, k, ts = _message_times(keys, created, last, np.array([n], dtype=np.int64))
+    extra_us = [_to_us(t) for t in extra_times]
+    k_all = np.concatenate([k, np.arange(n, n + len(extra_us), dtype=np.int64)])
+    ts_all = np.concatenate([ts, np.array(extra_us, dtype=np.int64)])
+    key = np.full(len(k_all), keys[0], dtype=np.uint64)
+    u_source = _uniform(key, k_all, _SALT_SOURCE)
+    u_trust = _uniform(key, k_all, _SALT_TRUST)
+    u_vote = _uniform(key, k_all, _SALT_VOTE)
+    u_follow = _uniform(key, k_all, _SALT_FOLLOW)
+    u_refs = _uniform(key, k_all, _SALT_REFS)
+    slug_hash = _mix(
+        key ^ (k_all.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ np.uint64(_SALT_SLUG)
+    )
+    msg_ids = (keys[0] % np.uint64(2**48)) * np.uint64(16)
+    title = str(row.get("root_question_name") or "")
+    root_slug = str(row.get("root_question_slug") or "")
+    hidden = row.get("user_question")
+    hidden = (
+        title
+        if hidden is None or (isinstance(hidden, float) and math.isnan(hidden))
+        else str(hidden)
+    )
+    session_source = str(row.get("source") or "USER")
+    out: list[dict[str, Any]] = []
+    parent: str | None = None
+    for i in range(len(k_all)):
+        kk = int(k_all[i])
+        when = _from_us(int(ts_all[i]))
+        if kk == 0:
+            question, wording, slug = title, hidden, root_slug
+        else:
+            question = _FOLLOW_UPS[int(u_follow[i] * len(_FOLLOW_UPS))]
+            wording = question.lower().rstrip("?!.")
+            slug = f"{_slugify(question)}-{int(slug_hash[i]) & 0xFFFFFFFF:08x}"
+        source = (
+            session_source if u_source[i] < 0.9 else SOURCES[int(u_source[i] * 100) % len(SOURCES)]
+        )
+        trust = int(round(100 * float(u_trust[i]) ** 0.35))
+        vote = "upvote" if u_vote[i] < 0.15 else ("downvote" if u_vote[i] < 0.2 else None)
+        n_refs = int(u_refs[i] * 4)
+        out.append(
+            {
+                "id": str(int(msg_ids) + kk),
+                "slug": slug,
+                "user_question": wording,
+                "question": question,
+                "answer": _answer(question, n_refs),
+                "date_created": format_offset(when),
+                "date_updated": format_offset(when + timedelta(seconds=2 + kk % 7)),
+                "references": [
+                    {
+                        "link": f"https://docs.example.com/{_slugify(question)[:40]}/{j + 1}",
+                        "icon": "https://docs.example.com/favicon.ico",
+                        "title": f"Docs: {question[:50]} (part {j + 1})",
+                    }
+                    for j in range(n_refs)
+                ],
+                "trust_score": max(0, min(100, trust)),
+                "parent_slug": parent,
+                "source": source,
+                "user_vote": vote,
+            }
+        )
+        parent = slug
+    return out
+
+
+def messages(guru: SyntheticGuru, session_id: str) -> list[dict[str, Any]]:
+    """Module-level spelling of ``guru.messages(session_id)``."""
+    return guru.messages(session_id)
+
+
+def session_keys(ids: Sequence[str] | pd.Series | np.ndarray, seed: int) -> np.ndarray:
+    """A 64-bit hash per session id, mixed with ``seed`` (vectorised FNV-1a + splitmix64)."""
+    arr = np.asarray(
+        list(ids) if not isinstance(ids, np.ndarray | pd.Series) else ids, dtype=object
+    )
+    if len(arr) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    try:
+        raw = arr.astype("S")
+    except UnicodeEncodeError:
+        raw = np.array([str(s).encode("utf-8") for s in arr], dtype="S")
+    width = raw.dtype.itemsize
+    u8 = raw.view(np.uint8).reshape(len(arr), width)
+    h = np.full(len(arr), 0xCBF29CE484222325, dtype=np.uint64)
+    prime = np.uint64(0x100000001B3)
+    for j in range(width):
+        c = u8[:, j].astype(np.uint64)
+        h = np.where(c != 0, (h ^ c) * prime, h)
+    seed_mix = _mix(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
+    return _mix(h ^ seed_mix)
+
+
+# --- vectorised internals -----------------------------------------------------------------
+
+
+def _check_args(n: int, users: int, days: int, unattributed: float, rootless: float) -> None:
+    if n < 0 or users < 0:
+        raise ConfigError("n_sessions and n_users must be >= 0")
+    if days < 1:
+        raise ConfigError("days must be >= 1")
+    for name, value in (("unattributed_share", unattributed), ("rootless_share", rootless)):
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{name} must be between 0 and 1, got {value}")
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser on a uint64 array (wraps modulo 2**64, as intended)."""
+    z = x + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _uniform(keys: np.ndarray, k: np.ndarray, salt: int) -> np.ndarray:
+    """A uniform [0, 1) per (session key, message index, salt)."""
+    h = _mix(
+        keys
+        ^ _mix(
+            k.astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93)
+            + np.uint64((salt * 0x632BE59BD9B4E019) & 0xFFFFFFFFFFFFFFFF)
+        )
+    )
+    return (h >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
+
+
+def _message_times(
+    keys: np.ndarray, created: np.ndarray, last: np.ndarray, n_msgs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Message times per session: first at ``created``, last at ``last``, strictly increasing
+    when the span allows (each gap >= 1 µs), interior gaps exponential-weighted.
+
+    Returns (row index, message index, time in µs), session-major.
+    """
+    n_msgs = np.asarray(n_msgs, dtype=np.int64)
+    total = int(n_msgs.sum())
+    row = np.repeat(np.arange(len(n_msgs)), n_msgs)
+    starts = np.cumsum(n_msgs) - n_msgs
+    k = np.arange(total, dtype=np.int64) - np.repeat(starts, n_msgs)
+    # Integer gap weights (exponential-shaped) so per-session cumulative sums are exact and
+    # the bulk and single-session paths give bit-identical times. Weight of message 0 is 0.
+    u = _uniform(keys[row], k, _SALT_GAP)
+    w = np.where(k == 0, 0, 1 + (-np.log1p(-u) * 2**20).astype(np.int64))
+    cum = np.cumsum(w)
+    before = np.repeat(cum[starts] - w[starts], n_msgs) if total else cum
+    cum_in = cum - before
+    ends = starts + n_msgs - 1
+    tot_in = np.repeat(cum[ends] - cum[starts] if total else cum, n_msgs) if total else cum
+    span = np.maximum((last - created)[row], 0)
+    room = np.maximum(span - (n_msgs[row] - 1), 0)
+    frac = cum_in.astype(np.float64) / np.maximum(tot_in, 1).astype(np.float64)
+    offset = np.minimum(k + np.floor(room * frac).astype(np.int64), span)
+    is_last = k == n_msgs[row] - 1
+    ts = np.where(is_last, last[row], created[row] + offset)
+    return row, k, ts
+
+
+def _uuid4_strings(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` random version-4 UUID strings from ``rng`` (vectorised, object array)."""
+    if n == 0:
+        return np.zeros(0, dtype=object)
+    b = rng.integers(0, 256, size=(n, 16), dtype=np.uint8)
+    b[:, 6] = (b[:, 6] & 0x0F) | 0x40
+    b[:, 8] = (b[:, 8] & 0x3F) | 0x80
+    hexchars = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+    nib = np.empty((n, 32), dtype=np.uint8)
+    nib[:, 0::2] = hexchars[b >> 4]
+    nib[:, 1::2] = hexchars[b & 0x0F]
+    out = np.full((n, 36), ord("-"), dtype=np.uint8)
+    for dst, src in ((0, 0), (9, 8), (14, 12), (19, 16), (24, 20)):
+        width = {0: 8, 9: 4, 14: 4, 19: 4, 24: 12}[dst]
+        out[:, dst : dst + width] = nib[:, src : src + width]
+    return out.view("S36").ravel().astype("U36").astype(object)
+
+
+def _base36(values: np.ndarray) -> np.ndarray:
+    """Base-36 strings (lowercase, fixed width = widest value) as an object array."""
+    values = np.asarray(values, dtype=np.int64)
+    if len(values) == 0:
+        return np.zeros(0, dtype=object)
+    width = max(1, int(math.ceil(math.log(int(values.max()) + 1, 36))) if values.max() > 0 else 1)
+    digits = np.frombuffer(b"0123456789abcdefghijklmnopqrstuvwxyz", dtype=np.uint8)
+    out = np.empty((len(values), width), dtype=np.uint8)
+    v = values.copy()
+    for j in range(width - 1, -1, -1):
+        out[:, j] = digits[v % 36]
+        v //= 36
+    return out.view(f"S{width}").ravel().astype(f"U{width}").astype(object)
+
+
+def _concat(*parts: np.ndarray | str) -> np.ndarray:
+    """Element-wise string concatenation of object arrays / scalars."""
+    out: Any = None
+    for part in parts:
+        out = part if out is None else out + part
+    return np.asarray(out, dtype=object)
+
+
+def _popular_indices(rng: np.random.Generator, size: int, n: int) -> np.ndarray:
+    """Indices into the title catalog with a Zipf-like popularity (a seeded ranking)."""
+    ranking = rng.permutation(size)
+    w = 1.0 / np.arange(1, size + 1) ** 0.9
+    return ranking[rng.choice(size, size=n, p=w / w.sum())]
+
+
+def _creation_times(
+    rng: np.random.Generator, n: int, start_us: int, end_us: int, days: int
+) -> np.ndarray:
+    """Creation times with growth, a weekday rhythm, a launch burst and a UTC daily peak."""
+    first_day = (start_us // _US_PER_DAY) * _US_PER_DAY
+    n_days = int(-(-(end_us - first_day) // _US_PER_DAY))
+    d = np.arange(n_days)
+    weekday = ((first_day // _US_PER_DAY) + d + 3) % 7  # 1970-01-01 was a Thursday (3)
+    w = np.exp(math.log(3.0) * d / max(n_days - 1, 1))
+    w *= np.where(weekday >= 5, 0.45, 1.0)
+    launch = int(n_days * 0.3)
+    if n_days >= 10:
+        w[launch] *= 8.0
+        w[launch + 1] *= 3.0
+        w[launch + 2] *= 1.8
+    day = rng.choice(n_days, size=n, p=w / w.sum())
+    hours = np.arange(24)
+    hw = (
+        0.15
+        + np.exp(-0.5 * ((hours - 15) / 2.5) ** 2)
+        + 0.5 * np.exp(-0.5 * ((hours - 9) / 1.5) ** 2)
+        + 0.35 * np.exp(-0.5 * ((hours - 20) / 1.5) ** 2)
+    )
+    hour = rng.choice(24, size=n, p=hw / hw.sum())
+    t = (
+        first_day
+        + day * _US_PER_DAY
+        + hour * 3600 * _US_PER_S
+        + rng.integers(0, 3600 * _US_PER_S, size=n)
+    )
+    window = end_us - start_us
+    outside = (t < start_us) | (t >= end_us - _US_PER_S)
+    t[outside] = start_us + (t[outside] - start_us) % max(window - _US_PER_S, 1)
+    return t.astype(np.int64)
+
+
+def _spans(
+    rng: np.random.Generator, n_msgs: np.ndarray, created: np.ndarray, end_us: int
+) -> np.ndarray:
+    """First-to-last message span: seconds-minutes per follow-up, sometimes a return days later."""
+    follow = n_msgs - 1
+    sitting = follow * rng.lognormal(math.log(90.0), 0.8, size=len(n_msgs))
+    later = (rng.random(len(n_msgs)) < 0.2) * rng.exponential(1.5 * 86_400, size=len(n_msgs))
+    span = ((sitting + np.where(follow > 0, later, 0.0)) * _US_PER_S).astype(np.int64)
+    span = np.maximum(span, follow * 1000)
+    room = end_us - 1 - created
+    over = span >= room
+    span[over] = (room[over] * rng.uniform(0.1, 0.9, size=int(over.sum()))).astype(np.int64)
+    return np.maximum(span, np.minimum(follow, room))
+
+
+def _user_ids(n_users: int) -> np.ndarray:
+    """External user ids: ``user-0001`` style and email-ish, unique."""
+    out = []
+    for i in range(1, n_users + 1):
+        if i % 3 == 0:
+            first = _FIRST_NAMES[i % len(_FIRST_NAMES)]
+            last = _LAST_NAMES[(i // len(_FIRST_NAMES)) % len(_LAST_NAMES)]
+            out.append(f"{first}.{last}{i}@example.com")
+        else:
+            out.append(f"user-{i:04d}")
+    return np.array(out, dtype=object)
+
+
+_CATALOG_CACHE: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+def _catalog(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Titles, slug bases, 4 hidden wordings per title, topic per title (cached per seed)."""
+    cached = _CATALOG_CACHE.get(seed)
+    if cached is not None:
+        return cached
+    rng = np.random.default_rng([seed, 104729])
+    titles: list[str] = []
+    topics: list[str] = []
+    for topic, (templates, subjects) in _TOPICS.items():
+        for template in templates:
+            for subject in subjects:
+                titles.append(template.format(s=subject))
+                topics.append(topic)
+    wordings = np.empty((len(titles), 4), dtype=object)
+    for i, title in enumerate(titles):
+        low = title.lower().rstrip("?")
+        wordings[i, 0] = low
+        wordings[i, 1] = ("hi, " if rng.random() < 0.5 else "hey team - ") + low + " ??"
+        wordings[i, 2] = _typo(low, rng)
+        wordings[i, 3] = "quick question: " + low.replace("how do i", "how can i") + " pls"
+    result = (
+        np.array(titles, dtype=object),
+        np.array([_slugify(t) for t in titles], dtype=object),
+        wordings,
+        np.array(topics, dtype=object),
+    )
+    if len(_CATALOG_CACHE) > 64:
+        _CATALOG_CACHE.clear()
+    _CATALOG_CACHE[seed] = result
+    return result
+
+
+def _typo(text: str, rng: np.random.Generator) -> str:
+    """Swap two adjacent letters inside one longer word: 'install' -> 'isntall'."""
+    words = text.split(" ")
+    long_words = [i for i, w in enumerate(words) if len(w) >= 5 and w.isalpha()]
+    if not long_words:
+        return text + " thx"
+    i = long_words[int(rng.integers(0, len(long_words)))]
+    w = words[i]
+    j = int(rng.integers(1, len(w) - 2))
+    words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2 :]
+    return " ".join(words)
+
+
+def _slugify(text: str) -> str:
+    """Lowercase, non-alphanumerics to single dashes, at most 60 characters."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60].rstrip("-")
+
+
+def _answer(question: str, n_refs: int) -> str:
+    refs = " See the linked docs for details." if n_refs else ""
+    return (
+        f"**Short answer:** here is how to handle *{question.rstrip('?')}*.\n\n"
+        "1. Open the settings page.\n2. Apply the change.\n3. Verify it worked.\n\n"
+        f"```bash\ngurubase --help\n```\n{refs}"
+    )
+
+
+# --- time conversions ---------------------------------------------------------------------
+
+
+def _to_us(ts: datetime | pd.Timestamp) -> int:
+    """Microseconds since the epoch of a tz-aware instant (exact, no float rounding)."""
+    if isinstance(ts, pd.Timestamp):
+        if ts.tzinfo is None:
+            raise ConfigError("timestamps must be tz-aware UTC")
+        return int(ts.tz_convert("UTC").as_unit("us").value)
+    if ts.tzinfo is None:
+        raise ConfigError("timestamps must be tz-aware UTC")
+    delta = ts.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * _US_PER_S + delta.microseconds
+
+
+def _from_us(us: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(us))
+
+
+def _as_datetime(value: Any) -> datetime:
+    if isinstance(value, pd.Timestamp):
+        return value.to_pydatetime()
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, np.datetime64):
+        return _from_us(int(value.astype("datetime64[us]").astype(np.int64)))
+    raise ConfigError(f"expected a datetime, got {type(value).__name__}")
+
+
+def _us_to_series(us: np.ndarray) -> pd.Series:
+    return pd.Series(np.asarray(us, dtype=np.int64).view("datetime64[us]")).dt.tz_localize("UTC")
+
+
+def _series_to_us(s: pd.Series) -> np.ndarray:
+    if s.dt.tz is None:
+        raise ConfigError("timestamp columns must be tz-aware UTC")
+    naive = s.dt.tz_convert("UTC").dt.tz_localize(None).dt.as_unit("us")
+    return naive.to_numpy(dtype="datetime64[us]").view(np.int64).astype(np.int64)
