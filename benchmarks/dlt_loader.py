@@ -64,7 +64,12 @@ def source_config(base_url: str, api_key: str, slug: str, write_disposition: str
     return {
         "client": {
             "base_url": base_url.rstrip("/") + "/",
-            "auth": {"type": "api_key", "name": "x-api-key", "api_key": api_key, "location": "header"},
+            "auth": {
+                "type": "api_key",
+                "name": "x-api-key",
+                "api_key": api_key,
+                "location": "header",
+            },
         },
         "resources": [resource],
     }
@@ -97,7 +102,9 @@ def dlt_load(
     pipeline.run(source)
     elapsed = time.perf_counter() - started
     con = duckdb.connect(db_path, read_only=True)
-    rows, distinct = con.execute("SELECT count(*), count(DISTINCT id) FROM guru.sessions").fetchone()
+    rows, distinct = con.execute(
+        "SELECT count(*), count(DISTINCT id) FROM guru.sessions"
+    ).fetchone()
     con.close()
     return {
         "elapsed": elapsed,

@@ -6,7 +6,7 @@ cache must hold exactly the server's live sessions with their current ``last_use
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -65,7 +65,9 @@ class Exactness:
 
 
 def _compare(truth: pd.DataFrame, cached: pd.DataFrame) -> Exactness:
-    want = dict(zip(truth["id"].tolist(), pd.to_datetime(truth["last_used"], utc=True), strict=True))
+    want = dict(
+        zip(truth["id"].tolist(), pd.to_datetime(truth["last_used"], utc=True), strict=True)
+    )
     have = dict(
         zip(cached["id"].tolist(), pd.to_datetime(cached["last_used"], utc=True), strict=True)
     )
@@ -85,9 +87,18 @@ def guru_exactness(srv: LocalGurubase, store: Store, slug: str) -> Exactness:
 
 
 def users_exactness(
-    srv: LocalGurubase, store: Store, slug: str, users: Iterable[str]
+    srv: LocalGurubase,
+    store: Store,
+    slug: str,
+    users: Iterable[str],
+    truth_for: Callable[[str], pd.DataFrame] | None = None,
 ) -> Exactness:
-    """Per user: each user's live sessions attributed to them, with current last_used."""
+    """Per user: each user's live sessions attributed to them, with their last_used.
+
+    ``truth_for(user)`` gives the sessions the cache should hold for a user (default: the
+    server's truth now; under drift, the truth when that user's listing finished).
+    """
+    truth_for = truth_for or (lambda user: srv.truth(slug, user))
     totals = [0, 0, 0, 0]
     with store.reader() as con:
         for user in users:
@@ -97,7 +108,7 @@ def users_exactness(
                 "WHERE s.guru = ? AND u.external_user_id = ? AND NOT s.deleted",
                 [slug, user],
             ).df()
-            e = _compare(srv.truth(slug, user), cached)
+            e = _compare(truth_for(user), cached)
             for i, v in enumerate((e.expected, e.missing, e.extra, e.stale)):
                 totals[i] += v
     return Exactness(*totals)
@@ -112,3 +123,41 @@ def snapshot(srv: LocalGurubase, slug: str) -> dict[str, Any]:
 def drifted(before: dict[str, Any], after: dict[str, Any]) -> int:
     """Sessions created or touched between two snapshots (each counted once)."""
     return sum(1 for sid, t in after.items() if before.get(sid) != t)
+
+
+class ListingEnds:
+    """The server's truth at the moment each external user's listing ended, under drift.
+
+    A per-user sync reads one user after another; a change to user A's sessions made while
+    user B is being read is, rightly, left for the next sync. So each user's cache is held
+    to the truth right after the last request of that user's listing (drift is applied just
+    before a request is answered, so that answer already saw it). A snapshot is taken before
+    every request through ``LocalGurubase.on_request``.
+    """
+
+    def __init__(self, srv: LocalGurubase, slug: str, max_requests: int) -> None:
+        self.srv = srv
+        self.slug = slug
+        self.base = srv.requests_received
+        self.snaps: dict[int, pd.DataFrame] = {}
+        for n in range(self.base + 1, self.base + max_requests + 2):
+            srv.on_request(n, self._snap)
+
+    def _snap(self, srv: LocalGurubase) -> None:
+        self.snaps[srv.requests_received] = srv.truth(self.slug)[
+            ["id", "last_used", "external_user_id"]
+        ]
+
+    def truth_for(self, user: str) -> pd.DataFrame:
+        """Sessions of ``user`` as they stood when the last request listing them was answered."""
+        log = self.srv.log
+        last = max(
+            (i for i, r in enumerate(log) if (r.body or {}).get("external_user_id") == user),
+            default=None,
+        )
+        if last is None or last == len(log) - 1:
+            frame = self.srv.truth(self.slug)
+        else:
+            # The hook for request number base + last + 2 ran right after log[last] was answered.
+            frame = self.snaps[self.base + last + 2]
+        return frame[frame["external_user_id"] == user]

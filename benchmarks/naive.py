@@ -15,7 +15,9 @@ import duckdb
 import requests
 
 
-def naive_load(base_url: str, api_key: str, slug: str, db_path: str, expected: int) -> dict[str, Any]:
+def naive_load(
+    base_url: str, api_key: str, slug: str, db_path: str, expected: int
+) -> dict[str, Any]:
     """Page the guru's sessions into ``db_path`` the naive way; return timing and coverage."""
     started = time.perf_counter()
     con = duckdb.connect(db_path)

@@ -64,5 +64,10 @@ def http_only(base_url: str, api_key: str, slug: str, expected: int) -> dict[str
                 break
             page += 1
     elapsed = time.perf_counter() - started
-    return {"elapsed": elapsed, "requests": page, "distinct": seen, "expected": expected,
-            "complete": seen == expected}
+    return {
+        "elapsed": elapsed,
+        "requests": page,
+        "distinct": seen,
+        "expected": expected,
+        "complete": seen == expected,
+    }

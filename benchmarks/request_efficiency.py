@@ -28,7 +28,15 @@ from guru_analytics.server import DriftConfig, LocalGurubase
 from guru_analytics.store import Store
 from guru_analytics.sync import SyncSummary, sync
 
-from .fixture import Exactness, demo_server, drifted, guru_exactness, snapshot, users_exactness
+from .fixture import (
+    Exactness,
+    ListingEnds,
+    demo_server,
+    drifted,
+    guru_exactness,
+    snapshot,
+    users_exactness,
+)
 from .plan import Plan
 from .table import Row
 
@@ -87,7 +95,7 @@ def _ratio_row(case: str, measured: int, minimum: int, label: str, notes: str) -
     return Row(
         SECTION,
         case,
-        f"{measured} requests",
+        f"{measured} request{'' if measured == 1 else 's'}",
         f"{label} = {minimum}",
         f"{ratio:.2f}x",
         "1.00x",
@@ -273,13 +281,14 @@ def _per_user(plan: Plan, workdir: Path, say: Callable[[str], None]) -> list[Row
         users = bench.srv.users(slug)[: plan.n_users]
         minimum = sum(full_min(s) for s in _user_minimums(bench.srv, slug, users).values())
         before = snapshot(bench.srv, slug)
+        ends = ListingEnds(bench.srv, slug, max_requests=4 * minimum + 100)
         bench.srv.drift = DRIFT
         try:
             count, summary = bench.sync(users=users, full=True)
         finally:
             bench.srv.drift = DriftConfig()
         moved = drifted(before, snapshot(bench.srv, slug))
-        exact = users_exactness(bench.srv, bench.store, slug, users)
+        exact = users_exactness(bench.srv, bench.store, slug, users, ends.truth_for)
         rows.append(
             _drift_row(
                 f"per-user full sync with drift, {len(users)} users",
@@ -287,7 +296,7 @@ def _per_user(plan: Plan, workdir: Path, say: Callable[[str], None]) -> list[Row
                 minimum,
                 moved,
                 exact,
-                _detail(summary, exact),
+                _detail(summary, exact) + " (each user against the truth when its listing ended)",
             )
         )
     finally:

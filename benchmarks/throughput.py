@@ -3,7 +3,7 @@
 Where a deployment allows more than 10 requests a minute, the package should beat what a
 user would otherwise reach for. Each contender loads the same guru from the same local
 server (hosted by this, the parent, process) into its own fresh file, in a fresh process
-(peak RSS via ``ru_maxrss``), run after run in turn so slow drifts of the machine hit all
+(peak RSS = ``VmHWM``, see ``worker``), run after run in turn so slow drifts of the machine hit all
 alike; the figure is the median of the runs.
 
 Contenders: ``guru_analytics.sync`` (``package_loader``), the naive loop (``naive``), dlt's
@@ -79,14 +79,14 @@ def measure(
         common = {"base_url": srv.base_url, "api_key": srv.api_key, "slug": srv.guru_slug}
         expected = len(srv.truth(srv.guru_slug or ""))
         for rep in range(repeats):
-            for c in [*contenders, ceiling]:
+            for i, c in enumerate([*contenders, ceiling]):
                 if c.error is not None and not c.times:
                     continue
                 say(f"throughput: {c.name}, run {rep + 1}/{repeats}")
                 kwargs: dict[str, Any] = {**common, "expected": expected, **c.extra}
                 env: dict[str, str] = {}
                 if c is not ceiling:
-                    kwargs["db_path"] = str(workdir / f"{len(c.times)}-{id(c)}.duckdb")
+                    kwargs["db_path"] = str(workdir / f"contender{i}-run{rep}.duckdb")
                 if c.target.startswith("benchmarks.dlt_loader"):
                     kwargs["workdir"] = str(workdir / f"dlt-{rep}-{c.extra['write_disposition']}")
                     env = dlt_loader.offline_env(kwargs["workdir"])
@@ -124,7 +124,12 @@ def rows_for(n: int, contenders: list[Contender], ceiling: Contender, repeats: i
         rate = c.rate(n)
         if rate is None:
             out.append(
-                Row(SECTION, f"{c.name}, {n:,} sessions", c.error or "not run", notes="row kept: could not run")
+                Row(
+                    SECTION,
+                    f"{c.name}, {n:,} sessions",
+                    c.error or "not run",
+                    notes="row kept: could not run",
+                )
             )
             continue
         notes = (
@@ -134,7 +139,9 @@ def rows_for(n: int, contenders: list[Contender], ceiling: Contender, repeats: i
         if c.error:
             notes += f"; a run failed: {c.error}"
         if c is package:
-            out.append(Row(SECTION, f"{c.name}, {n:,} sessions", f"{rate:,.0f} sessions/s", notes=notes))
+            out.append(
+                Row(SECTION, f"{c.name}, {n:,} sessions", f"{rate:,.0f} sessions/s", notes=notes)
+            )
             continue
         ratio = pkg_rate / rate if pkg_rate else None
         target = 10.0 if c.name.startswith("naive") else 5.0

@@ -1,7 +1,8 @@
 """Run one contender in a fresh Python process and read its peak memory.
 
-Peak memory is the process's ``ru_maxrss`` (resident set, so DuckDB's native buffers count,
-which ``tracemalloc`` would miss). A fresh interpreter per contender keeps one contender's
+Peak memory is the process's resident-set high-water mark (``VmHWM``, the figure behind
+``ru_maxrss``; resident set, so DuckDB's native buffers count, which ``tracemalloc`` would
+miss). A fresh interpreter per contender keeps one contender's
 allocations, caches and imports out of another's figure. The child reads its keyword
 arguments as JSON from stdin and writes ``{"result", "peak_rss_mb", "start_rss_mb"}`` to a
 file, so library chatter on stdout cannot corrupt the result.
@@ -45,14 +46,20 @@ def current_rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set, plus any waited-for children's peak (MB).
+    """This process's peak resident set (MB), or a waited-for child's if that was higher.
 
-    Linux reports ``ru_maxrss`` in KiB. Children are included so a contender that forks
-    workers (dlt can) is not flattered.
+    Linux's ``VmHWM`` is used for the process itself: ``ru_maxrss`` of a freshly exec'd
+    child starts at its *parent's* resident set at fork time (the kernel carries the old
+    image's high-water mark across exec), which would credit every contender with the
+    harness's memory. Children (dlt may fork workers) come from ``RUSAGE_CHILDREN``.
     """
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, kids) / 1024
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return max(int(line.split()[1]) / 1024, kids)
+    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, kids)
 
 
 def run_fresh(

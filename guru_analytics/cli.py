@@ -289,15 +289,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
     )
-    srv.bind()
     limit = "off" if args.rate_limit is None else f"{args.rate_limit} per {args.rate_window:g} s"
-    print(
-        f"Serving {args.sessions} sessions of guru {srv.guru_slug!r} at {srv.base_url}", flush=True
-    )
-    print(f"  guru slug: {srv.guru_slug}", flush=True)
-    print(f"  API key:   {srv.api_key}", flush=True)
-    print(f"  rate limit: {limit}; page size {args.page_size}. Press Ctrl-C to stop.", flush=True)
     try:
+        try:
+            srv.bind()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {args.host}:{args.port} ({exc.strerror}): pick another --port"
+            ) from exc
+        print(f"Serving {args.sessions} sessions of guru {srv.guru_slug!r} at {srv.base_url}")
+        print(f"  guru slug: {srv.guru_slug}")
+        print(f"  API key:   {srv.api_key}")
+        print(
+            f"  rate limit: {limit}; page size {args.page_size}. Press Ctrl-C to stop.", flush=True
+        )
         srv.serve_forever()
     except KeyboardInterrupt:
         print("stopped", flush=True)
@@ -413,19 +418,41 @@ _PLOT_OPTIONS = {"metric": "metric", "kind": "kind", "top": "top", "value": "val
 def _add_analytics_options(p: argparse.ArgumentParser) -> None:
     """Options shared by ``report`` and ``plot`` (all optional; defaults live in frames)."""
     p.add_argument("guru", nargs="+", metavar="GURU", help="guru slug(s) in the cache")
-    p.add_argument("--db", help="cache file (default: $GURU_ANALYTICS_DB or the default cache path)")
-    p.add_argument("--freq", help="bucket: H, D, W, M, Q, Y or hour, day, week, month, quarter, year")
+    p.add_argument(
+        "--db", help="cache file (default: $GURU_ANALYTICS_DB or the default cache path)"
+    )
+    p.add_argument(
+        "--freq", help="bucket: H, D, W, M, Q, Y or hour, day, week, month, quarter, year"
+    )
     p.add_argument("--tz", help="IANA time zone for buckets and timestamps (default UTC)")
-    p.add_argument("--by", choices=["user", "guru"], help="split activity/binge_length per user or guru")
+    p.add_argument(
+        "--by", choices=["user", "guru"], help="split activity/binge_length per user or guru"
+    )
     p.add_argument("--start", help="first instant or date, inclusive (naive = in --tz)")
-    p.add_argument("--end", help="end instant or date, exclusive (e.g. 2025-04-01 for all of March)")
-    p.add_argument("--user", nargs="+", action="extend", metavar="ID",
-                   help="only sessions of these external user ids ('(unattributed)' for none)")  # fmt: skip
+    p.add_argument(
+        "--end", help="end instant or date, exclusive (e.g. 2025-04-01 for all of March)"
+    )
+    p.add_argument(
+        "--user",
+        nargs="+",
+        action="extend",
+        metavar="ID",
+        help="only sessions of these external user ids ('(unattributed)' for none)",
+    )
     p.add_argument("--search", help="only sessions whose title contains this (case-insensitive)")
-    p.add_argument("--week-start", dest="week_start", help="first day of week buckets: MON..SUN (default MON)")
-    p.add_argument("--include-deleted", dest="include_deleted", action="store_true", default=None,
-                   help="count sessions deleted upstream too")  # fmt: skip
-    p.add_argument("--periods", type=int, help="retention: number of periods including period 0 (default 8)")
+    p.add_argument(
+        "--week-start", dest="week_start", help="first day of week buckets: MON..SUN (default MON)"
+    )
+    p.add_argument(
+        "--include-deleted",
+        dest="include_deleted",
+        action="store_true",
+        default=None,
+        help="count sessions deleted upstream too",
+    )
+    p.add_argument(
+        "--periods", type=int, help="retention: number of periods including period 0 (default 8)"
+    )
     p.add_argument("--period", help="summary: length of the period, e.g. 24h, 7d, 4w (default 7d)")
     p.add_argument("--now", help="summary: end of the current period (default: now)")
 
@@ -439,8 +466,13 @@ def _add_report(sub: argparse._SubParsersAction, name: str) -> None:
     )
     p.add_argument("report", choices=_REPORT_NAMES, help="which table")
     _add_analytics_options(p)
-    p.add_argument("-o", "--output", default="-", metavar="FILE",
-                   help="output .csv, .parquet or - for stdout (default -)")  # fmt: skip
+    p.add_argument(
+        "-o",
+        "--output",
+        default="-",
+        metavar="FILE",
+        help="output .csv, .parquet or - for stdout (default -)",
+    )
 
 
 def _add_plot(sub: argparse._SubParsersAction, name: str) -> None:
@@ -451,15 +483,22 @@ def _add_plot(sub: argparse._SubParsersAction, name: str) -> None:
     )
     p.add_argument("chart", choices=_CHART_NAMES, help="which chart")
     _add_analytics_options(p)
-    p.add_argument("--metric", help="activity: active_sessions, new_sessions, events, active_users, "
-                   "messages; users: sessions, events, ...; heatmap: events or active_sessions")  # fmt: skip
-    p.add_argument("--kind", choices=["bar", "line"], help="activity/sources: bars (default) or lines")
+    p.add_argument(
+        "--metric",
+        help="activity: active_sessions, new_sessions, events, active_users, messages; "
+        "users: sessions, events, ...; heatmap: events or active_sessions",
+    )
+    p.add_argument(
+        "--kind", choices=["bar", "line"], help="activity/sources: bars (default) or lines"
+    )
     p.add_argument("--top", type=int, help="series or users shown before the rest become 'other'")
     p.add_argument("--value", choices=["rate", "users"], help="retention: rate (default) or users")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="output .png or .svg")
 
 
-def _frame_kwargs(args: argparse.Namespace, fn: Callable[..., object], what: str) -> dict[str, object]:
+def _frame_kwargs(
+    args: argparse.Namespace, fn: Callable[..., object], what: str
+) -> dict[str, object]:
     """The options the user set, as keywords of ``fn``; an option that does not apply to
     this report/chart is an error rather than silently ignored."""
     import inspect

@@ -6,8 +6,8 @@ DuckDB SQL statement, so a million sessions cost one query, not a Python loop.
 Definitions (the README repeats them):
 
 - An **activity event** is an observed use of a session: each distinct ``last_used`` value any
-  sync has seen (the ``observations`` table, plus the session's current ``last_used``), and,
-  where a session's messages were fetched, each message's ``date_created``. Identical
+  sync has seen (the ``observations`` table; the store records there every value it stores),
+  and, where a session's messages were fetched, each message's ``date_created``. Identical
   (session, instant) pairs count once. The listing alone shows only the *latest* use between
   two syncs, so without messages the events are a lower bound of real use.
 - A session is **active** in a bucket if it has an event in it, and **new** in the bucket of
@@ -502,28 +502,32 @@ def _series_sql(lo: str, hi: str, freq: str, ws: int) -> str:
     )
 
 
-# Selected sessions (sel), their labels (lab), the labelled selection (ses) and all their
-# activity events (ev: guru, id, ts), before any time range.
-_BASE_CTES = f"""
+def _base_ctes(q: _Query) -> str:
+    """CTEs shared by every frame: the selected sessions (``sel``), their user labels
+    (``lab``: one row per session and user, ``(unattributed)`` when none), the selected keys
+    (``ses``), all their activity events (``ev``: guru, id, ts; deduplicated, before any time
+    range) and their stored messages (``msg``). Filters that are off add no SQL at all."""
+    where = []
+    if not q.include_deleted:
+        where.append("NOT s.deleted")
+    if q.search is not None:
+        where.append("strpos(lower(coalesce(s.root_question_name, '')), $search) > 0")
+    sel_where = f"WHERE {' AND '.join(where)}" if where else ""
+    label = f"coalesce(u.external_user_id, '{UNATTRIBUTED}')"
+    lab_where = f"WHERE list_contains($users::VARCHAR[], {label})" if q.users is not None else ""
+    ses = "SELECT guru, id FROM sel" if q.users is None else "SELECT DISTINCT guru, id FROM lab"
+    return f"""
 g AS (SELECT DISTINCT unnest($gurus::VARCHAR[]) AS guru),
-sel AS (
-    SELECT s.* FROM sessions s JOIN g ON s.guru = g.guru
-    WHERE ($include_deleted OR NOT s.deleted)
-      AND ($search IS NULL
-           OR strpos(lower(coalesce(s.root_question_name, '')), $search) > 0)
-),
+sel AS (SELECT s.* FROM sessions s JOIN g ON s.guru = g.guru {sel_where}),
 lab AS (
-    SELECT * FROM (
-        SELECT sel.guru, sel.id, coalesce(u.external_user_id, '{UNATTRIBUTED}') AS label
-        FROM sel LEFT JOIN session_users u ON u.guru = sel.guru AND u.id = sel.id
-    ) WHERE $users IS NULL OR list_contains($users::VARCHAR[], label)
+    SELECT sel.guru, sel.id, {label} AS label
+    FROM sel LEFT JOIN session_users u ON u.guru = sel.guru AND u.id = sel.id
+    {lab_where}
 ),
-ses AS (SELECT DISTINCT guru, id FROM lab),
+ses AS ({ses}),
 ev AS (
     SELECT o.guru, o.id, o.last_used AS ts
     FROM observations o SEMI JOIN ses ON o.guru = ses.guru AND o.id = ses.id
-    UNION
-    SELECT sel.guru, sel.id, sel.last_used FROM sel SEMI JOIN ses ON sel.guru = ses.guru AND sel.id = ses.id
     UNION
     SELECT m.guru, m.session_id, m.date_created
     FROM messages m SEMI JOIN ses ON m.guru = ses.guru AND m.session_id = ses.id
@@ -532,6 +536,7 @@ msg AS (
     SELECT m.guru, m.session_id AS id, m.date_created AS ts, m.source, m.trust_score, m.user_vote
     FROM messages m SEMI JOIN ses ON m.guru = ses.guru AND m.session_id = ses.id
 )"""
+
 
 _IN_RANGE = "($lo IS NULL OR {ts} >= $lo) AND ($hi IS NULL OR {ts} < $hi)"
 
@@ -601,7 +606,7 @@ def sessions(
         include_deleted=include_deleted,
     )  # fmt: skip
     sql = f"""
-    WITH {_BASE_CTES},
+    WITH {_base_ctes(q)},
     agg AS (SELECT guru, id, min(ts) AS first_event, max(ts) AS last_event, count(*) AS events
             FROM ev GROUP BY guru, id),
     mc AS (SELECT guru, id, count(*) AS messages FROM msg GROUP BY guru, id),
@@ -661,47 +666,60 @@ def activity(
     def b(ts: str) -> str:
         return bucket_sql(ts, q.freq, q.week_start)
 
-    grp = {None: "''", "user": "lab.label", "guru": "x.guru"}[by]
-    join_lab = "JOIN lab ON lab.guru = x.guru AND lab.id = x.id" if by == "user" else ""
+    known = f"sl.label <> '{UNATTRIBUTED}'"
+    if by == "user":
+        # One pass over (session, bucket) × label: a shared session counts for each user.
+        agg = f"""SELECT sl.label AS grp, sl.b, count(*) AS active_sessions,
+                         count_if(sl.is_new) AS new_sessions, sum(sl.n) AS events,
+                         max(CASE WHEN {known} THEN 1 ELSE 0 END) AS active_users
+                  FROM sl GROUP BY ALL"""
+        users_join = ""
+    else:
+        key = "''" if by is None else "sb.guru"
+        agg = f"""SELECT {key} AS grp, sb.b, count(*) AS active_sessions,
+                         count_if(sb.is_new) AS new_sessions, sum(sb.n) AS events
+                  FROM sb GROUP BY ALL"""
+        users_join = f""",
+    au AS (SELECT grp, b, count(*) AS active_users FROM (
+               SELECT DISTINCT {key.replace("sb.", "sl.")} AS grp, sl.b, sl.label
+               FROM sl WHERE {known}) GROUP BY ALL)"""
+    mgrp = {None: "''", "user": "lab.label", "guru": "mb.guru"}[by]
+    mjoin = "JOIN lab ON lab.guru = mb.guru AND lab.id = mb.id" if by == "user" else ""
     # Groups asked for by name are shown even when idle: users= ids, or every guru slug.
-    asked = (
-        "SELECT unnest($users::VARCHAR[])" if by == "user" else "SELECT unnest($gurus::VARCHAR[])"
-    )
+    asked = "$users::VARCHAR[]" if by == "user" else "$gurus::VARCHAR[]"
     groups = (
         "SELECT '' AS grp"
         if by is None
-        else f"SELECT grp FROM agg UNION SELECT * FROM ({asked}) WHERE true"
+        else f"SELECT grp FROM agg UNION SELECT unnest(coalesce({asked}, []::VARCHAR[]))"
     )
+    au_col = "agg.active_users" if by == "user" else "au.active_users"
+    au_join = "" if by == "user" else "LEFT JOIN au ON au.b = bk.b AND au.grp = grps.grp"
     sql = f"""
-    WITH {_BASE_CTES},
+    WITH {_base_ctes(q)},
     rng AS (SELECT coalesce($lo::TIMESTAMPTZ, min(ts)) AS lo,
                    coalesce($hi::TIMESTAMPTZ, max(ts) + INTERVAL 1 microsecond) AS hi FROM ev),
     bk AS ({_series_sql("SELECT lo FROM rng", "SELECT hi FROM rng", q.freq, q.week_start)}),
-    sb AS (SELECT guru, id, {b("ts")} AS b, count(*) AS n FROM ev
-           WHERE ts >= (SELECT lo FROM rng) AND ts < (SELECT hi FROM rng) GROUP BY ALL),
-    fb AS (SELECT guru, id, {b("f")} AS b FROM (SELECT guru, id, min(ts) AS f FROM ev GROUP BY ALL)
-           WHERE f >= (SELECT lo FROM rng) AND f < (SELECT hi FROM rng)),
-    mb AS (SELECT guru, id, {b("ts")} AS b, count(*) AS n FROM msg
-           WHERE ts >= (SELECT lo FROM rng) AND ts < (SELECT hi FROM rng) GROUP BY ALL),
-    agg AS (SELECT {grp} AS grp, x.b, count(*) AS active_sessions, sum(x.n) AS events
-            FROM sb x {join_lab} GROUP BY ALL),
-    nw AS (SELECT {grp} AS grp, x.b, count(*) AS new_sessions FROM fb x {join_lab} GROUP BY ALL),
-    mg AS (SELECT {grp} AS grp, x.b, sum(x.n) AS messages FROM mb x {join_lab} GROUP BY ALL),
-    au AS (SELECT {grp} AS grp, x.b,
-                  count(DISTINCT lab.label) FILTER (WHERE lab.label <> '{UNATTRIBUTED}') AS active_users
-           FROM sb x JOIN lab ON lab.guru = x.guru AND lab.id = x.id GROUP BY ALL),
+    ew AS (SELECT guru, id, ts, min(ts) OVER (PARTITION BY guru, id) AS first_ts FROM ev),
+    -- per session and bucket: events, and whether the session's first event ever is here
+    sb AS (SELECT ew.guru, ew.id, {b("ew.ts")} AS b, count(*) AS n,
+                  bool_or(ew.ts = ew.first_ts) AS is_new
+           FROM ew, rng WHERE ew.ts >= rng.lo AND ew.ts < rng.hi GROUP BY ALL),
+    sl AS (SELECT sb.*, lab.label FROM sb JOIN lab ON lab.guru = sb.guru AND lab.id = sb.id),
+    agg AS ({agg}){users_join},
+    mb AS (SELECT msg.guru, msg.id, {b("msg.ts")} AS b, count(*) AS n FROM msg, rng
+           WHERE msg.ts >= rng.lo AND msg.ts < rng.hi GROUP BY ALL),
+    mg AS (SELECT {mgrp} AS grp, mb.b, sum(mb.n) AS messages FROM mb {mjoin} GROUP BY ALL),
     grps AS ({groups})
     SELECT bk.b AS bucket, grps.grp,
            coalesce(agg.active_sessions, 0) AS active_sessions,
-           coalesce(nw.new_sessions, 0) AS new_sessions,
+           coalesce(agg.new_sessions, 0) AS new_sessions,
            coalesce(agg.events, 0) AS events,
-           coalesce(au.active_users, 0) AS active_users,
+           coalesce({au_col}, 0) AS active_users,
            coalesce(mg.messages, 0) AS messages
     FROM bk CROSS JOIN grps
     LEFT JOIN agg ON agg.b = bk.b AND agg.grp = grps.grp
-    LEFT JOIN nw ON nw.b = bk.b AND nw.grp = grps.grp
+    {au_join}
     LEFT JOIN mg ON mg.b = bk.b AND mg.grp = grps.grp
-    LEFT JOIN au ON au.b = bk.b AND au.grp = grps.grp
     ORDER BY bk.b, grps.grp
     """
     with reading(con) as c:
@@ -760,22 +778,28 @@ def users(
         guru, tz=tz, start=start, end=end, users=users, search=search,
         include_deleted=include_deleted, week_start=week_start,
     )  # fmt: skip
-    week = bucket_sql("e.ts", "W", q.week_start)
+    day = "CAST(timezone($tz, ev.ts) AS DATE)"
+    week = bucket_sql("ev.ts", "W", q.week_start)
+    # Per session and local day first (few rows per session), then per user: no
+    # count(DISTINCT ...) over all events.
     sql = f"""
-    WITH {_BASE_CTES},
-    e AS (SELECT * FROM ev WHERE {_in_range("ts")}),
-    tot AS (SELECT count(*) AS n FROM (SELECT DISTINCT guru, id FROM e)),
-    ue AS (SELECT lab.label AS u, e.guru, e.id, e.ts,
-                  CAST(timezone($tz, e.ts) AS DATE) AS day, {week} AS week
-           FROM e JOIN lab ON lab.guru = e.guru AND lab.id = e.id),
-    per AS (SELECT u, count(DISTINCT (guru, id)) AS sessions, count(*) AS events,
-                   min(ts) AS first_active, max(ts) AS last_active,
-                   count(DISTINCT day) AS active_days, count(DISTINCT week) AS active_weeks
-            FROM ue GROUP BY u)
-    SELECT u AS user, sessions, events, first_active, last_active, active_days, active_weeks,
+    WITH {_base_ctes(q)},
+    sd AS (SELECT ev.guru, ev.id, {day} AS day, {week} AS week, count(*) AS n,
+                  min(ev.ts) AS f, max(ev.ts) AS l
+           FROM ev WHERE {_in_range("ev.ts")} GROUP BY ALL),
+    ss AS (SELECT guru, id, sum(n) AS n, min(f) AS f, max(l) AS l FROM sd GROUP BY guru, id),
+    tot AS (SELECT count(*) AS n FROM ss),
+    per AS (SELECT lab.label AS u, count(*) AS sessions, sum(ss.n) AS events,
+                   min(ss.f) AS first_active, max(ss.l) AS last_active
+            FROM ss JOIN lab ON lab.guru = ss.guru AND lab.id = ss.id GROUP BY lab.label),
+    ud AS (SELECT DISTINCT lab.label AS u, sd.day, sd.week
+           FROM sd JOIN lab ON lab.guru = sd.guru AND lab.id = sd.id),
+    days AS (SELECT u, count(*) AS active_days, count(DISTINCT week) AS active_weeks
+             FROM ud GROUP BY u)
+    SELECT per.u AS user, sessions, events, first_active, last_active, active_days, active_weeks,
            sessions / (SELECT n FROM tot) AS share,
            rank() OVER (ORDER BY sessions DESC, events DESC) AS rank
-    FROM per ORDER BY rank, user
+    FROM per JOIN days ON days.u = per.u ORDER BY rank, user
     """
     with reading(con) as c:
         basis = _check_gurus(c, q)
@@ -836,7 +860,7 @@ def lifecycle(
         include_deleted=include_deleted, freq=freq, week_start=week_start,
     )  # fmt: skip
     sql = f"""
-    WITH {_BASE_CTES}, {_user_buckets_ctes(q, include_unattributed)},
+    WITH {_base_ctes(q)}, {_user_buckets_ctes(q, include_unattributed)},
     w AS (SELECT u, idx,
                  lag(idx) OVER (PARTITION BY u ORDER BY idx) AS prev_idx,
                  lead(idx) OVER (PARTITION BY u ORDER BY idx) AS next_idx,
@@ -901,7 +925,7 @@ def retention(
         include_deleted=include_deleted, freq=freq, week_start=week_start,
     )  # fmt: skip
     sql = f"""
-    WITH {_BASE_CTES}, {_user_buckets_ctes(q, include_unattributed)},
+    WITH {_base_ctes(q)}, {_user_buckets_ctes(q, include_unattributed)},
     coh AS (SELECT u, min(idx) AS cidx FROM ui GROUP BY u),
     cs AS (SELECT cidx, count(*) AS cohort_size FROM coh GROUP BY cidx),
     per AS (SELECT coh.cidx, ui.idx - coh.cidx AS period, count(*) AS users
@@ -989,7 +1013,7 @@ def summary(
     win = """CASE WHEN {ts} >= $c_lo AND {ts} < $c_hi THEN 0
                   WHEN {ts} >= $p_lo AND {ts} < $c_lo THEN 1 END"""
     sql = f"""
-    WITH {_BASE_CTES},
+    WITH {_base_ctes(q)},
     e AS (SELECT guru, id, {win.format(ts="ts")} AS k FROM ev),
     se AS (SELECT k, guru, id, count(*) AS n FROM e WHERE k IS NOT NULL GROUP BY ALL),
     f AS (SELECT {win.format(ts="min(ts)")} AS k FROM ev GROUP BY guru, id),
@@ -1050,7 +1074,7 @@ def weekday_hour(
         include_deleted=include_deleted, week_start=week_start,
     )  # fmt: skip
     sql = f"""
-    WITH {_BASE_CTES},
+    WITH {_base_ctes(q)},
     e AS (SELECT guru, id, isodow(timezone($tz, ts)) - 1 AS weekday,
                  hour(timezone($tz, ts)) AS hour FROM ev WHERE {_in_range("ts")}),
     agg AS (SELECT weekday, hour, count(*) AS events, count(DISTINCT (guru, id)) AS active_sessions
@@ -1092,7 +1116,7 @@ def binge_length(
     grp = {None: "''", "user": "lab.label", "guru": "x.guru"}[by]
     join_lab = "JOIN lab ON lab.guru = x.guru AND lab.id = x.id" if by == "user" else ""
     sql = f"""
-    WITH {_BASE_CTES},
+    WITH {_base_ctes(q)},
     x AS (SELECT msg.guru, msg.id, count(*) AS n FROM msg
           JOIN sel ON sel.guru = msg.guru AND sel.id = msg.id
           WHERE {_in_range("sel.last_used")} GROUP BY ALL)
@@ -1115,7 +1139,7 @@ def _message_bucket_frame(
     b = bucket_sql("ts", q.freq, q.week_start)
     grp_col = f"{group}" if group else "''"
     sql = f"""
-    WITH {_BASE_CTES},
+    WITH {_base_ctes(q)},
     rng AS (SELECT coalesce($lo::TIMESTAMPTZ, min(ts)) AS lo,
                    coalesce($hi::TIMESTAMPTZ, max(ts) + INTERVAL 1 microsecond) AS hi FROM msg),
     bk AS ({_series_sql("SELECT lo FROM rng", "SELECT hi FROM rng", q.freq, q.week_start)}),

@@ -19,7 +19,7 @@ import tempfile
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -413,10 +413,11 @@ class Guru:
     ) -> pd.DataFrame:
         """Headline figures for the last ``period`` against the one before (``frames.summary``).
 
-        ``now`` defaults to the wall clock; pass ``now="latest"`` to end at the newest cached
-        activity (useful for data that stopped, like the synthetic demo)."""
+        ``now`` defaults to the wall clock; ``now="latest"`` ends the period just after the
+        newest cached activity (for data that stopped, like the synthetic demo)."""
         if isinstance(now, str) and now == "latest":
-            now = self.status().last_event
+            last = self.status().last_event
+            now = last + timedelta(microseconds=1) if last is not None else None
         return self._frame("summary", period=period, now=now, tz=tz, **filters)
 
     def heatmap(self, tz: str | None = None, **filters: Any) -> pd.DataFrame:

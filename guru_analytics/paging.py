@@ -346,7 +346,8 @@ class Pass:
         page, now, t = view.page_num, self.stats.requests, span.value
         tied = [r.id for r in view.rows if r.last_used == t]
         if len(tied) != span.counts.get(page, 0):
-            span.fresh_since = now  # the list moved: the other pages' counts are stale
+            # the list moved: every other page's slot count is stale until re-read
+            span.fresh_since = now
         span.counts[page] = len(tied)
         span.last_read[page] = now
         span.members.update(tied)

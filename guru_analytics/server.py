@@ -22,6 +22,11 @@ applies its drift); only the answer sent is replaced. Every request is logged wi
 actually sent (``None`` for a dropped connection). The API key is never logged or stored in
 the log.
 
+Get Session ignores the request body; for a session without a root question it answers 200
+with an empty ``conversation``. An ``on_request`` hook or any other bug that raises while
+answering gives an HTML 500, is logged, and is recorded in ``srv.internal_errors`` (tests
+can assert it stays empty); the server keeps serving.
+
 It never imports ``client``, ``paging`` or ``sync``: a paging bug must not hide on both
 sides. Each guru's order is kept sorted between changes (bisect), so a listing request costs
 O(page + boundary tie groups), not a sort; a search scans once per (query, state) and is
@@ -165,7 +170,8 @@ class DriftConfig:
     """Random changes to the data while a client pages (default: none).
 
     ``*_per_request`` are expected counts (Poisson) applied to the listed guru just before
-    answering each List Sessions request that passed auth. ``*_per_second`` are rates applied
+    answering each List Sessions request that passed auth and body checks (Get Session and
+    rejected requests never drift). ``*_per_second`` are rates applied
     lazily to every guru at the start of each request, for the server-clock time elapsed since
     the previous request. Touches move sessions to the top (a follow-up question); new
     sessions appear on top, ``new_user_share`` of them attributed to an existing external
@@ -648,15 +654,19 @@ class LocalGurubase:
             httpd.serve_forever(poll_interval=0.2)
         finally:
             httpd.server_close()
+            httpd.close_connections()
             self._httpd = None
 
     def stop(self) -> None:
-        """Stop serving and close the listening socket (idempotent)."""
+        """Stop serving, close the listening socket and cut open keep-alive connections
+        (idempotent)."""
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
-        httpd.shutdown()
+        if self._thread is not None:
+            httpd.shutdown()
         httpd.server_close()
+        httpd.close_connections()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
@@ -901,16 +911,19 @@ class LocalGurubase:
             raise ConfigError(
                 "'last_used' must be tz-aware (UTC): use pd.to_datetime(..., utc=True)"
             )
-        counter = 0
-        if g is not None:
-            counter, g.new_counter = g.new_counter, g.new_counter + n
-        filler = synthetic.new_sessions(
-            n,
-            seed=seed,
-            at=[t.to_pydatetime() for t in last],
-            external_user_id=external_user_id,
-            slug_counter_start=counter + 10**6 * (g is None),
-        )
+        missing = [c for c in synthetic.SESSION_COLUMNS if c not in frame.columns]
+        filler: pd.DataFrame | None = None
+        if set(missing) - {"date_created", "external_user_id"}:
+            counter = 0
+            if g is not None:
+                counter, g.new_counter = g.new_counter, g.new_counter + n
+            filler = synthetic.new_sessions(
+                n,
+                seed=seed,
+                at=last,
+                external_user_id=external_user_id,
+                slug_counter_start=counter + 10**6 * (g is None),
+            )
         out = pd.DataFrame(index=frame.index)
         for col in synthetic.SESSION_COLUMNS:
             if col in frame.columns:
@@ -920,7 +933,10 @@ class LocalGurubase:
             elif col == "external_user_id":
                 out[col] = pd.Series([external_user_id] * n, dtype="str")
             else:
+                assert filler is not None
                 out[col] = filler[col]
+        if external_user_id is not None and "external_user_id" in frame.columns:
+            out["external_user_id"] = out["external_user_id"].fillna(external_user_id)
         out["last_used"] = out["last_used"].dt.tz_convert("UTC")
         out["date_created"] = pd.to_datetime(out["date_created"], utc=True)
         if n and (out["date_created"] > out["last_used"]).any():
@@ -1247,11 +1263,46 @@ def _parse_body(raw: bytes | None) -> tuple[dict[str, Any] | None, str | None]:
 # --- HTTP plumbing --------------------------------------------------------------------------
 
 
+_DATE_CACHE: list[Any] = [0, ""]
+
+
+def _http_date() -> str:
+    """The ``Date`` header, formatted once per second (it is on every answer)."""
+    now = int(time.time())
+    if _DATE_CACHE[0] != now:
+        _DATE_CACHE[:] = [now, formatdate(now, usegmt=True)]
+    return str(_DATE_CACHE[1])
+
+
+class _Headers(dict[str, str]):
+    """Request headers keyed by lower-case name: ``get`` is case-insensitive."""
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return super().get(name.lower(), default)
+
+
 class _HTTPServer(http.server.ThreadingHTTPServer):
+    """Tracks open connections so ``stop()`` can cut keep-alive clients off, as a real
+    server going away would (otherwise a pooled connection keeps being answered)."""
+
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
     app: LocalGurubase
+
+    def __init__(self, address: tuple[str, int], handler: type[_Handler]) -> None:
+        super().__init__(address, handler)
+        self.open_connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+
+    def close_connections(self) -> None:
+        with self.connections_lock:
+            conns, self.open_connections = list(self.open_connections), set()
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                logger.debug("LocalGurubase: connection already closed at stop")
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -1265,9 +1316,61 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self.server.connections_lock:
+            self.server.open_connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.connections_lock:
+            self.server.open_connections.discard(self.connection)
+        super().finish()
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s " + format, self.address_string(), *args)
+
+    def parse_request(self) -> bool:
+        """A lean replacement for the stdlib's (which runs the email parser on every request
+        and costs more than answering one): request line, headers, keep-alive rules."""
+        self.command = None
+        self.request_version = self.default_request_version
+        self.close_connection = True
+        line = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        self.requestline = line
+        words = line.split()
+        if not words:
+            return False
+        if len(words) != 3 or not words[2].startswith("HTTP/"):
+            self.send_error(HTTPStatus.BAD_REQUEST, "Bad request syntax")
+            return False
+        command, path, version = words
+        try:
+            major, minor = (int(x) for x in version[5:].split(".", 1))
+        except ValueError:
+            self.send_error(HTTPStatus.BAD_REQUEST, "Bad request version")
+            return False
+        if major != 1:
+            self.send_error(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, "Invalid HTTP version")
+            return False
+        self.command, self.path, self.request_version = command, path, version
+        headers = _Headers()
+        for _ in range(101):
+            raw = self.rfile.readline(65537)
+            if len(raw) > 65536:
+                self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Line too long")
+                return False
+            if raw in (b"\r\n", b"\n", b""):
+                break
+            name, sep, value = raw.decode("iso-8859-1").partition(":")
+            if not sep:
+                self.send_error(HTTPStatus.BAD_REQUEST, "Bad header line")
+                return False
+            headers[name.strip().lower()] = value.strip()
+        else:
+            self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Too many headers")
+            return False
+        self.headers = headers  # type: ignore[assignment]
+        connection = headers.get("connection", "").lower()
+        self.close_connection = connection == "close" or (minor == 0 and connection != "keep-alive")
+        return True
 
     def do_POST(self) -> None:
         self._serve("POST")
@@ -1344,7 +1447,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         lines = [
             f"HTTP/1.1 {answer.status} {HTTPStatus(answer.status).phrase}",
             f"Server: {self.server_version}",
-            f"Date: {formatdate(usegmt=True)}",
+            f"Date: {_http_date()}",
             f"Content-Type: {answer.content_type}",
             f"Content-Length: {len(answer.body)}",
             *(f"{k}: {v}" for k, v in answer.headers),

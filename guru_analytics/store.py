@@ -156,7 +156,7 @@ CREATE TABLE IF NOT EXISTS sync_state (
 # listing text changed by reading one narrow column instead of five wide ones. md5 is stable
 # across DuckDB versions (hash() is not). json_array keeps NULL apart from ''.
 LISTING_MD5_SQL = (
-    "md5_number(json_array(guru_type_name, root_question_name, root_question_slug, "
+    "md5_number_lower(json_array(guru_type_name, root_question_name, root_question_slug, "
     "root_question_link, extra)::VARCHAR)"
 )
 
@@ -166,7 +166,7 @@ LISTING_MD5_SQL = (
 SCHEMA_V2 = f"""
 ALTER TABLE sync_runs ADD COLUMN pid INTEGER;
 ALTER TABLE sync_runs ADD COLUMN host VARCHAR;
-ALTER TABLE sessions ADD COLUMN listing_md5 UHUGEINT;
+ALTER TABLE sessions ADD COLUMN listing_md5 UBIGINT;
 UPDATE sessions SET listing_md5 = {LISTING_MD5_SQL};
 """
 
@@ -389,19 +389,24 @@ def _py_utc(value: Any) -> datetime | None:
     return value.astimezone(UTC)
 
 
-def _utc_column(frame: pd.DataFrame, column: str, what: str, *, required: bool) -> pd.Series:
-    """Column ``column`` as ``datetime64[us, UTC]``; naive, unparseable or (if required) missing
-    values raise ConfigError before anything touches the cache."""
+_UTC_US = pd.DatetimeTZDtype("us", "UTC")
+
+
+def _utc_column(frame: pd.DataFrame, column: str, what: str, *, required: bool) -> Any:
+    """Column ``column`` as a ``datetime64[us, UTC]`` array; naive, unparseable or (if
+    required) missing values raise ConfigError before anything touches the cache."""
     series = frame[column]
-    if isinstance(series.dtype, pd.DatetimeTZDtype):
-        out = series.dt.tz_convert("UTC")
+    if series.dtype == _UTC_US:
+        out = series
+    elif isinstance(series.dtype, pd.DatetimeTZDtype):
+        out = series.dt.tz_convert("UTC").astype(_UTC_US)
     elif pd.api.types.is_datetime64_dtype(series.dtype):
         raise ConfigError(
             f"{what} column {column!r} holds naive timestamps: pass tz-aware UTC values "
             "(e.g. pd.to_datetime(..., utc=True))"
         )
     elif series.isna().all():
-        out = pd.Series(pd.NaT, index=series.index, dtype="datetime64[us, UTC]")
+        out = pd.Series(pd.NaT, index=series.index, dtype=_UTC_US)
     else:
         kinds = pd.api.types.infer_dtype(series, skipna=True)
         if kinds not in ("datetime", "datetime64", "string"):
@@ -409,46 +414,50 @@ def _utc_column(frame: pd.DataFrame, column: str, what: str, *, required: bool) 
                 f"{what} column {column!r} holds {kinds} values: pass tz-aware UTC timestamps"
             )
         try:
-            out = pd.to_datetime(series, format="ISO8601" if kinds == "string" else None)
+            parsed = pd.to_datetime(series, format="ISO8601" if kinds == "string" else None)
         except (ValueError, TypeError) as exc:
             raise ConfigError(
-                f"{what} column {column!r} has a value that is not a timestamp ({_one_line(exc)}): "
-                "pass tz-aware UTC timestamps"
+                f"{what} column {column!r} has a value that is not a timestamp "
+                f"({_one_line(exc)}): pass tz-aware UTC timestamps"
             ) from exc
-        if not isinstance(out.dtype, pd.DatetimeTZDtype):
+        if not isinstance(parsed.dtype, pd.DatetimeTZDtype):
             raise ConfigError(
-                f"{what} column {column!r} holds naive or mixed-offset timestamps: pass tz-aware UTC values"
+                f"{what} column {column!r} holds naive or mixed-offset timestamps: "
+                "pass tz-aware UTC values"
             )
-        out = out.dt.tz_convert("UTC")
-    out = out.astype("datetime64[us, UTC]")
-    if required:
+        out = parsed.dt.tz_convert("UTC").astype(_UTC_US)
+    if required and out.hasnans:
         missing = int(out.isna().sum())
-        if missing:
-            raise ConfigError(
-                f"{what} column {column!r} is empty in {missing} row(s): every row needs a timestamp"
-            )
-    return out
+        raise ConfigError(
+            f"{what} column {column!r} is empty in {missing} row(s): every row needs a timestamp"
+        )
+    return out.array
 
 
-def _text_column(frame: pd.DataFrame, column: str, what: str) -> pd.Series:
-    """An optional text column (str or missing) as object dtype with None for missing."""
+def _text_column(frame: pd.DataFrame, column: str, what: str) -> Any:
+    """An optional text column: the column's own array when it already holds str/missing
+    values (the common case, no copy), else None for an absent or all-missing column."""
     if column not in frame.columns:
-        return pd.Series(None, index=frame.index, dtype=object)
+        return None
     series = frame[column]
     kinds = pd.api.types.infer_dtype(series, skipna=True)
-    if kinds not in ("string", "empty"):
+    if kinds == "empty":
+        return None
+    if kinds != "string":
         raise ConfigError(f"{what} column {column!r} holds {kinds} values: pass text (str) or None")
-    return series.astype(object).where(series.notna(), None)
+    if series.dtype == object and series.hasnans:  # NaN in an object column is not NULL
+        return series.where(series.notna(), None).to_numpy()
+    return series.array
 
 
-def _json_column(frame: pd.DataFrame, column: str, what: str) -> pd.Series:
+def _json_column(frame: pd.DataFrame, column: str, what: str) -> Any:
     """JSON text or None; dicts/lists are serialised (sorted keys) for convenience."""
     if column not in frame.columns:
-        return pd.Series(None, index=frame.index, dtype=object)
+        return None
     series = frame[column]
     kinds = pd.api.types.infer_dtype(series, skipna=True)
     if kinds in ("string", "empty"):
-        return series.astype(object).where(series.notna(), None)
+        return _text_column(frame, column, what)
 
     def encode(value: Any) -> str | None:
         if value is None or (isinstance(value, float) and np.isnan(value)):
@@ -458,27 +467,28 @@ def _json_column(frame: pd.DataFrame, column: str, what: str) -> pd.Series:
         if isinstance(value, dict | list):
             return json.dumps(value, sort_keys=True, default=str)
         raise ConfigError(
-            f"{what} column {column!r} holds a {type(value).__name__}: pass JSON text, a dict or None"
+            f"{what} column {column!r} holds a {type(value).__name__}: "
+            "pass JSON text, a dict or None"
         )
 
-    return series.map(encode).astype(object)
+    return np.array([encode(v) for v in series], dtype=object)
 
 
-def _id_column(frame: pd.DataFrame, column: str, what: str) -> pd.Series:
+def _id_column(frame: pd.DataFrame, column: str, what: str) -> Any:
     series = frame[column]
     kinds = pd.api.types.infer_dtype(series, skipna=False)
     if kinds != "string":
         nulls = int(series.isna().sum())
         detail = f"{nulls} empty value(s)" if nulls else f"{kinds} values"
         raise ConfigError(f"{what} column {column!r} has {detail}: every row needs a text id")
-    return series.astype(object)
+    return series.array
 
 
-def _int_column(frame: pd.DataFrame, column: str, what: str) -> pd.Series:
+def _int_column(frame: pd.DataFrame, column: str, what: str) -> Any:
     if column not in frame.columns:
-        return pd.Series(pd.NA, index=frame.index, dtype="Int64")
+        return pd.array([pd.NA] * len(frame), dtype="Int64")
     try:
-        return pd.to_numeric(frame[column], errors="raise").astype("Int64")
+        return pd.to_numeric(frame[column], errors="raise").astype("Int64").array
     except (ValueError, TypeError) as exc:
         raise ConfigError(
             f"{what} column {column!r} must hold integers or None ({_one_line(exc)})"
@@ -497,8 +507,11 @@ def _require(frame: Any, columns: Sequence[str], what: str) -> None:
 
 def _listing_frame(rows: pd.DataFrame, what: str) -> pd.DataFrame:
     """The listing frame in the exact shape the SQL expects, with ``_ord`` = row position
-    (a tie-breaker: among equal ``last_used`` the later row of a batch wins)."""
-    out = pd.DataFrame(
+    (a tie-breaker: among equal ``last_used`` the later row of a batch wins). Built from
+    arrays, so it has a fresh RangeIndex and costs little for a 30-row page."""
+    n = len(rows)
+    no_times = pd.array([pd.NaT] * n, dtype=_UTC_US)
+    return pd.DataFrame(
         {
             "id": _id_column(rows, "id", what),
             "last_used": _utc_column(rows, "last_used", what, required=True),
@@ -507,12 +520,11 @@ def _listing_frame(rows: pd.DataFrame, what: str) -> pd.DataFrame:
             "date_created": (
                 _utc_column(rows, "date_created", what, required=False)
                 if "date_created" in rows.columns
-                else pd.Series(pd.NaT, index=rows.index, dtype="datetime64[us, UTC]")
+                else no_times
             ),
+            "_ord": np.arange(n, dtype=np.int64),
         }
     )
-    out["_ord"] = np.arange(len(out), dtype=np.int64)
-    return out.reset_index(drop=True)
 
 
 def _message_frame(messages: pd.DataFrame) -> pd.DataFrame:
@@ -522,6 +534,7 @@ def _message_frame(messages: pd.DataFrame) -> pd.DataFrame:
     ids = messages["id"]
     if pd.api.types.infer_dtype(ids, skipna=False) == "integer":
         ids = ids.astype(str)
+    n = len(messages)
     out = pd.DataFrame(
         {
             "id": _id_column(pd.DataFrame({"id": ids}), "id", what),
@@ -530,12 +543,12 @@ def _message_frame(messages: pd.DataFrame) -> pd.DataFrame:
             "date_updated": (
                 _utc_column(messages, "date_updated", what, required=False)
                 if "date_updated" in messages.columns
-                else pd.Series(pd.NaT, index=messages.index, dtype="datetime64[us, UTC]")
+                else pd.array([pd.NaT] * n, dtype=_UTC_US)
             ),
             **{c: _int_column(messages, c, what) for c in _MESSAGE_INT},
             "extra": _json_column(messages, "extra", what),
         }
-    ).reset_index(drop=True)
+    )
     dupes = out["id"][out["id"].duplicated()].unique().tolist()
     if dupes:
         raise ConfigError(
@@ -563,12 +576,16 @@ def _check_migrations(migrations: Iterable[Migration]) -> tuple[Migration, ...]:
 
 # The page (deduplicated when an id repeats: greatest last_used wins, among equals the later
 # row) classified against what is stored. Every later statement of the write reads this small
-# table. Only narrow stored columns are read: scanning the wide text columns of a large
-# sessions table would dominate the cost of a 30-row page.
+# table. Only narrow stored columns are read (scanning the wide text columns of a large
+# sessions table would dominate the cost of a 30-row page), and the stored row's rowid is
+# kept so the updates below touch those rows directly instead of joining the whole table
+# again: rowids are stable here because sessions rows are never deleted and no key column
+# is ever updated, and this transaction is the only writer.
 _STAGE_SQL = """
 CREATE OR REPLACE TEMP TABLE _ga_stage AS
 SELECT
     p.*,
+    s.rowid AS srow,
     s.id IS NULL AS is_new,
     s.last_used AS stored_last_used,
     coalesce(p.last_used > s.last_used, false) AS forward,
@@ -634,14 +651,14 @@ UPDATE sessions SET
     extra = p.extra,
     listing_md5 = p.listing_md5
 FROM _ga_stage AS p
-WHERE sessions.guru = $guru AND sessions.id = p.id AND NOT p.is_new AND (p.forward OR p.refresh)
+WHERE sessions.rowid = p.srow AND NOT p.is_new AND (p.forward OR p.refresh)
 """
 
 _TOUCH_SQL = """
 UPDATE sessions SET
     last_seen = greatest(sessions.last_seen, $seen), deleted = false, deleted_at = NULL{date_created}
 FROM _ga_stage AS p
-WHERE sessions.guru = $guru AND sessions.id = p.id AND NOT p.is_new
+WHERE sessions.rowid = p.srow AND NOT p.is_new
 """
 
 # Every distinct (id, last_used) of the raw page; a value equal to the stored last_used is
@@ -660,11 +677,16 @@ SELECT $guru, id, $user, $seen FROM _ga_stage WHERE NOT attributed
 ON CONFLICT DO NOTHING
 """
 
+# Pending = no fetch at least as new as the session's last_used. Written as NOT EXISTS: the
+# equivalent LEFT JOIN with "f.session_id IS NULL OR f.fetched_last_used < s.last_used" loses
+# its LIMIT in DuckDB 2.0.1 when message_fetches is empty (Top N planned as a plain sort).
 _PENDING_FROM = """
 FROM sessions AS s
-LEFT JOIN message_fetches AS f ON f.guru = s.guru AND f.session_id = s.id
 WHERE s.guru = ? AND NOT s.deleted
-  AND (f.session_id IS NULL OR f.fetched_last_used IS NULL OR f.fetched_last_used < s.last_used)
+  AND NOT EXISTS (
+      SELECT 1 FROM message_fetches AS f
+      WHERE f.guru = s.guru AND f.session_id = s.id AND f.fetched_last_used >= s.last_used
+  )
 """
 
 _SESSION_COLUMNS = (
@@ -1150,10 +1172,11 @@ class Store:
         if new:
             conn.execute(_INSERT_NEW_SQL, gs)
         if refresh:
-            conn.execute(_REFRESH_SQL, {"guru": guru})
+            conn.execute(_REFRESH_SQL)
         if distinct - new:
             extra_set = ", date_created = coalesce(p.date_created, sessions.date_created)"
-            conn.execute(_TOUCH_SQL.format(date_created=extra_set if with_date_created else ""), gs)
+            touch = _TOUCH_SQL.format(date_created=extra_set if with_date_created else "")
+            conn.execute(touch, {"seen": seen})
         observations = 0
         if new or forward or stale or n_rows > distinct:
             observations = _count(conn.execute(_OBSERVE_SQL, gs))
@@ -1541,7 +1564,10 @@ class Store:
         ):
             raise ConfigError(f"limit {limit!r} is not valid: pass an integer >= 0 or None")
         sql = (
-            "SELECT s.id, s.last_used, f.fetched_last_used, f.fetched_at, s.root_question_slug "
+            "SELECT s.id, s.last_used, "
+            "(SELECT f.fetched_last_used FROM message_fetches AS f "
+            " WHERE f.guru = s.guru AND f.session_id = s.id) AS fetched_last_used, "
+            "s.root_question_slug "
             f"{_PENDING_FROM} ORDER BY s.last_used DESC, s.id"
         )
         params: list[Any] = [guru]

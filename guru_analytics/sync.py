@@ -24,6 +24,7 @@ get one Get Session each (newest first, at most ``max_requests`` requests).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -37,40 +38,21 @@ import pandas as pd
 
 from .errors import ConfigError, GuruAnalyticsError, NotFoundError
 from .paging import DEFAULT_TIE_REREAD_BUDGET, PageView, Pass, Row
+from .store import LISTING_COLUMNS, MESSAGE_COLUMNS
 from .timestamps import utc_now
 
 if TYPE_CHECKING:
     from .client import Conversation, GurubaseClient, Page
     from .store import Store
 
+_log = logging.getLogger("guru_analytics.sync")
+
 # Waits longer than this release the cache file first, so other processes can read it.
 RELEASE_BEFORE_WAIT = 1.0
 DEFAULT_VERIFY_BUDGET = 20
 DEFAULT_MAX_TOP_UPS = 5
-_LISTING_COLUMNS = (
-    "id",
-    "last_used",
-    "guru_type_name",
-    "root_question_name",
-    "root_question_slug",
-    "root_question_link",
-    "extra",
-)
-_MESSAGE_COLUMNS = (
-    "id",
-    "slug",
-    "parent_slug",
-    "question",
-    "user_question",
-    "date_created",
-    "date_updated",
-    "source",
-    "trust_score",
-    "user_vote",
-    "answer",
-    "n_references",
-    "extra",
-)
+# Pending message fetches are read from the cache this many at a time.
+MESSAGE_CHUNK = 500
 
 
 # --- the summary ----------------------------------------------------------------------------
@@ -235,6 +217,7 @@ class _Syncer:
         self.tie_reread_budget = tie_reread_budget
         self.max_top_ups = max_top_ups
         self.base = _counters(client)
+        self.chained_hook: Callable[[float], None] | None = None
 
     # --- bookkeeping ---
 
@@ -249,6 +232,8 @@ class _Syncer:
             self.store.release()
         if self.bar is not None:
             self.bar.set_postfix_str(self._postfix(f"waiting {seconds:.1f} s"), refresh=True)
+        if self.chained_hook is not None:
+            self.chained_hook(seconds)
 
     def _pace(self) -> float:
         """Seconds a page costs under the client's rate limit (0 when unlimited)."""
@@ -322,8 +307,8 @@ class _Syncer:
             passes.append(top_up)
             prev = top_up
         newest = [p.max_seen for p in passes if p.max_seen is not None]
-        if plan.mode == "incremental" and watermark is not None:
-            newest.append(watermark)
+        if pass_mode == "incremental" and watermark is not None:
+            newest.append(watermark)  # never move an incremental watermark back
         if plan.mode == "full" and listing.guru_wide:
             self._mark_deletions(main, started_at)
         elif plan.mode == "resume" and listing.guru_wide and pass_mode == "full":
@@ -432,10 +417,9 @@ class _Syncer:
     def _keep(self, cached: dict[str, Any], conv: Conversation) -> None:
         """A session hidden by a deletion-shift: record it as seen with its current last_used,
         and keep the messages the check fetched anyway."""
-        row = {c: cached.get(c) for c in _LISTING_COLUMNS}
-        row["id"] = conv.session_id or cached["id"]
+        row = {c: cached.get(c) for c in LISTING_COLUMNS}
         row["last_used"] = conv.last_used
-        frame = pd.DataFrame([row], columns=list(_LISTING_COLUMNS))
+        frame = pd.DataFrame([row], columns=list(LISTING_COLUMNS))
         frame["last_used"] = pd.to_datetime(frame["last_used"], utc=True)
         self._write_frame(frame)
         self._store_conversation(str(cached["id"]), conv)
@@ -458,36 +442,49 @@ class _Syncer:
     # --- messages ---
 
     def fetch_messages(self, max_requests: int | None) -> None:
-        pending = self.store.pending_message_fetches(self.guru)
-        total = 0 if pending is None else len(pending)
-        if not total:
-            return
+        """Get Session for pending sessions, newest first, in chunks (memory stays flat)."""
+        total = self.store.count_pending(self.guru)
+        if total and max_requests != 0:
+            if self.bar is not None:
+                planned = total if max_requests is None else min(total, max_requests)
+                self.bar.reset(total=planned)
+                self.bar.set_description_str(f"{self.guru} messages", refresh=False)
+            self._fetch_pending(max_requests)
+        self.summary.messages_remaining = self.store.count_pending(self.guru)
+
+    def _fetch_pending(self, max_requests: int | None) -> None:
         start = _counters(self.client)[0]
-        done = 0
-        if self.bar is not None:
-            self.bar.reset(total=min(total, max_requests) if max_requests is not None else total)
-            self.bar.set_description_str(f"{self.guru} messages", refresh=False)
-        for row in pending.itertuples(index=False):
-            if max_requests is not None and _counters(self.client)[0] - start >= max_requests:
-                break
-            sid = str(row.id)
-            try:
-                conv = self.client.get_session(sid)
-            except NotFoundError:
-                self.store.write_messages(
-                    self.guru,
-                    sid,
-                    None,
-                    fetched_last_used=_to_datetime(row.last_used),
-                    fetched_at=self.clock(),
-                    status="not_found",
-                )
-            else:
-                self._store_conversation(sid, conv)
-            done += 1
-            self.summary.messages_fetched += 1
-            self.tick(f"{self.guru} messages")
-        self.summary.messages_remaining = total - done
+        tried: set[str] = set()
+        stuck = 0  # tried this run yet still pending (the server's last_used lags the list)
+        while True:
+            limit = MESSAGE_CHUNK + stuck
+            batch = self.store.pending_message_fetches(self.guru, limit=limit)
+            fresh = [r for r in batch.itertuples(index=False) if str(r.id) not in tried]
+            stuck = len(batch) - len(fresh)
+            if not fresh:
+                if len(batch) < limit:
+                    return
+                continue
+            for row in fresh:
+                if max_requests is not None and _counters(self.client)[0] - start >= max_requests:
+                    return
+                sid = str(row.id)
+                tried.add(sid)
+                try:
+                    conv = self.client.get_session(sid)
+                except NotFoundError:
+                    self.store.write_messages(
+                        self.guru,
+                        sid,
+                        None,
+                        fetched_last_used=_to_datetime(row.last_used),
+                        fetched_at=self.clock(),
+                        status="not_found",
+                    )
+                else:
+                    self._store_conversation(sid, conv)
+                self.summary.messages_fetched += 1
+                self.tick(f"{self.guru} messages")
 
 
 def _counters(client: Any) -> tuple[int, int, int]:
@@ -567,7 +564,7 @@ def message_frame(conv: Conversation | None) -> pd.DataFrame:
                 dtype="object",
             ),
         },
-        columns=list(_MESSAGE_COLUMNS),
+        columns=list(MESSAGE_COLUMNS),
     )
     return frame
 
@@ -656,6 +653,7 @@ def sync(
     )
     limiter = getattr(client, "limiter", None)
     previous_hook = getattr(limiter, "before_wait", None)
+    syncer.chained_hook = previous_hook
     if limiter is not None:
         limiter.before_wait = syncer.before_wait
     error: str | None = None
@@ -684,7 +682,13 @@ def sync(
             bar.close()
         syncer.refresh_counts()
         summary.seconds = monotonic() - t0
-        _end_run(store, summary, error)
+        try:
+            _end_run(store, summary, error)
+        except GuruAnalyticsError as exc:
+            if error is None:
+                raise
+            # keep the original error propagating: it says what went wrong first
+            _log.warning("could not record the end of sync run %s: %s", summary.run_id, exc)
         store.release()  # let other processes read the finished cache
     return summary
 

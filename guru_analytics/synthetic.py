@@ -226,7 +226,7 @@ def generate(
     start_us = end_us - days * _US_PER_DAY
 
     ids = _uuid4_strings(rng, n)
-    titles, slug_bases, wordings, topic_of_title = _catalog(seed)
+    titles, slug_bases, wordings, _topics = _catalog(seed)
     title_idx = _popular_indices(rng, len(titles), n)
     variant_idx = rng.integers(0, wordings.shape[1], size=n)
     names = titles[title_idx]
@@ -252,6 +252,9 @@ def generate(
     sources[~attributed] = src_anon[rng.choice(2, size=int((~attributed).sum()), p=[0.6, 0.4])]
 
     created = _creation_times(rng, n, start_us, end_us, days)
+    ext = _respect_join_dates(
+        np.random.default_rng([seed, 31337]), ext, user_pick, users, created, start_us, end_us
+    )
     n_msgs = rng.zipf(1.9, size=n)
     too_many = n_msgs > MAX_MESSAGES
     n_msgs[too_many] = rng.integers(1, 6, size=int(too_many.sum()))
@@ -266,22 +269,24 @@ def generate(
     user_q[rootless] = None
     n_msgs = np.where(rootless, 0, n_msgs)
 
+    # Listing order (last_used desc); a stable numpy sort, not a pandas multi-key sort on
+    # strings, which would dominate the run time at a million rows.
+    o = np.argsort(-last_used, kind="stable")
     frame = pd.DataFrame(
         {
-            "id": pd.Series(ids, dtype="str"),
-            "last_used": _us_to_series(last_used),
-            "date_created": _us_to_series(created),
-            "root_question_name": pd.Series(names, dtype="str"),
-            "root_question_slug": pd.Series(slugs, dtype="str"),
-            "user_question": pd.Series(user_q, dtype="str"),
-            "external_user_id": pd.Series(ext, dtype="str"),
-            "n_messages": n_msgs.astype("int64"),
-            "source": pd.Series(sources, dtype="str"),
-            "has_root": ~rootless,
+            "id": pd.Series(ids[o], dtype="str"),
+            "last_used": _us_to_series(last_used[o]),
+            "date_created": _us_to_series(created[o]),
+            "root_question_name": pd.Series(names[o], dtype="str"),
+            "root_question_slug": pd.Series(slugs[o], dtype="str"),
+            "user_question": pd.Series(user_q[o], dtype="str"),
+            "external_user_id": pd.Series(ext[o], dtype="str"),
+            "n_messages": n_msgs[o].astype("int64"),
+            "source": pd.Series(sources[o], dtype="str"),
+            "has_root": ~rootless[o],
         }
     )
-    frame = frame.sort_values(["last_used", "id"], ascending=[False, True], ignore_index=True)
-    del topic_of_title
+    frame.attrs["synthetic_seed"] = seed
     return SyntheticGuru(slug=guru_slug, name=guru_name(guru_slug), seed=seed, sessions=frame)
 
 
@@ -294,7 +299,7 @@ def new_sessions(
     n: int,
     *,
     seed: int,
-    at: Sequence[datetime] | np.ndarray,
+    at: Sequence[datetime] | pd.Series,
     external_user_id: str | None = None,
     source: str | None = None,
     slug_counter_start: int = 0,
@@ -314,7 +319,10 @@ def new_sessions(
         np.full(n, "n", dtype=object),
         _base36(np.arange(slug_counter_start, slug_counter_start + n)),
     )
-    at_us = np.array([_to_us(t) for t in at], dtype=np.int64)
+    if isinstance(at, pd.Series):
+        at_us = _series_to_us(at)
+    else:
+        at_us = np.array([_to_us(t) for t in at], dtype=np.int64)
     src = source or ("API" if external_user_id else "WIDGET QUESTION")
     return pd.DataFrame(
         {
@@ -334,12 +342,16 @@ def new_sessions(
     )
 
 
-def message_events(sessions: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
+def message_events(sessions: pd.DataFrame, *, seed: int | None = None) -> pd.DataFrame:
     """One row per message: ``id`` (session id), ``message_index`` (0 = root), ``ts`` (UTC).
 
     Vectorised over the whole frame; equal to the ``date_created`` of ``conversation()``'s
-    messages for the same ``seed``. Sessions without a root question have no messages.
+    messages for the same seed. ``seed`` defaults to the one ``generate`` stored in
+    ``sessions.attrs["synthetic_seed"]`` (else 0). Sessions without a root question have no
+    messages.
     """
+    if seed is None:
+        seed = int(sessions.attrs.get("synthetic_seed", 0))
     n_msgs = sessions["n_messages"].to_numpy(dtype=np.int64)
     n_msgs = np.where(sessions["has_root"].to_numpy(dtype=bool), n_msgs, 0)
     keys = session_keys(sessions["id"], seed)
@@ -627,6 +639,35 @@ def _spans(
     over = span >= room
     span[over] = (room[over] * rng.uniform(0.1, 0.9, size=int(over.sum()))).astype(np.int64)
     return np.maximum(span, np.minimum(follow, room))
+
+
+def _respect_join_dates(
+    rng: np.random.Generator,
+    ext: np.ndarray,
+    pick: np.ndarray,
+    users: np.ndarray,
+    created: np.ndarray,
+    start_us: int,
+    end_us: int,
+) -> np.ndarray:
+    """Users join over time (the top tenth from the start, the rest at random dates), so
+    'new users per week' is a real curve. A session dated before its user joined goes to a
+    user who had joined by then (uniformly), or to nobody if no one had."""
+    n_users = len(users)
+    if n_users == 0 or len(ext) == 0:
+        return ext
+    join = start_us + (rng.random(n_users) * 0.85 * (end_us - start_us)).astype(np.int64)
+    join[: max(1, n_users // 10)] = start_us
+    attributed = pd.notna(ext)
+    early = attributed & (created < join[np.minimum(pick, n_users - 1)])
+    if not early.any():
+        return ext
+    order = np.argsort(join, kind="stable")
+    eligible = np.searchsorted(join[order], created[early], side="right")
+    chosen = np.floor(rng.random(int(early.sum())) * eligible).astype(np.int64)
+    out = ext.copy()
+    out[early] = np.where(eligible > 0, users[order][np.minimum(chosen, n_users - 1)], None)
+    return out
 
 
 def _user_ids(n_users: int) -> np.ndarray:

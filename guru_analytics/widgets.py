@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo, available_timezones
 import ipywidgets as widgets
 import pandas as pd
 
-from .errors import ConfigError, GuruAnalyticsError
+from .errors import ConfigError, GuruAnalyticsError, NoDataError
 from .timestamps import check_tz
 
 if TYPE_CHECKING:
@@ -419,16 +419,22 @@ def render(con: Any, guru: str, params: DashboardParams, *, dpi: int = 100) -> R
     table.attrs = {**long.attrs, "metric": metric}
 
     figures: dict[str, Figure] = {}
-    fig = Figure(figsize=(10, 4), dpi=dpi, layout="constrained")
+    # Fixed margins instead of constrained layout: a redraw costs half the time, and the
+    # legend (outside, right) only appears with a split.
+    fig = Figure(figsize=(10, 3.8), dpi=dpi)
     ax = fig.add_subplot()
     plots.plot_activity(
         long, metric, kind="bar", top=params.top_n, ax=ax, title=_activity_title(params)
     )
+    fig.subplots_adjust(
+        left=0.07, right=0.78 if params.split == "top" else 0.98, top=0.9, bottom=0.13
+    )
     figures["activity"] = fig
 
     heat = frames.weekday_hour(con, guru, params.tz, **filters)
-    fig = Figure(figsize=(10, 3.4), dpi=dpi, layout="constrained")
+    fig = Figure(figsize=(7, 3), dpi=dpi)
     plots.plot_heatmap(heat, "active_sessions", ax=fig.add_subplot())
+    fig.subplots_adjust(left=0.08, right=1.0, top=0.88, bottom=0.16)
     figures["heatmap"] = fig
 
     users = frames.users(con, guru, tz=params.tz, **filters)
@@ -588,6 +594,7 @@ class Dashboard(widgets.VBox):
         self.last_export: Path | None = None
         self.sync_thread: threading.Thread | None = None
         self.sync_summary: Any = None
+        self.sync_error: BaseException | None = None
         self._render_lock = threading.Lock()
 
         self.controls = DashboardControls(tz=tz or guru.tz)
@@ -623,8 +630,11 @@ class Dashboard(widgets.VBox):
         super().__init__([header, self.controls.widget, actions, self.status, views])
 
         self._debouncer = Debouncer(self.refresh, debounce, timer_factory)
+        self._quiet = False
+        self._auto_end: date | None = None
+        self.render_count = 0
+        self.controls.observe(self._on_control)
         self._load_users_and_range()
-        self.controls.observe(self._debouncer)
         self.refresh()
 
     # --- rendering ---
@@ -633,23 +643,32 @@ class Dashboard(widgets.VBox):
         return self.controls.params()
 
     def _load_users_and_range(self) -> None:
-        """Fill the user list and default the date range to the cached data (in the zone)."""
+        """Fill the user list and default the date range to the cached data (in the zone).
+
+        An end date the dashboard chose itself follows new data after a sync; one the user
+        picked stays. Programmatic changes do not schedule an extra redraw.
+        """
         status = self.guru.status()
-        self.controls.set_users(self.guru.user_ids())
-        if status.first_event is not None and status.last_event is not None:
-            tz = (
-                ZoneInfo(self.controls.tz.value.strip() or "UTC")
-                if _valid_tz(self.controls.tz.value)
-                else ZoneInfo("UTC")
-            )
+        self._quiet = True
+        try:
+            self.controls.set_users(self.guru.user_ids())
+            if status.first_event is None or status.last_event is None:
+                return
+            zone = self.controls.tz.value.strip()
+            tz = ZoneInfo(zone if _valid_tz(zone) else "UTC")
             first = status.first_event.astimezone(tz).date()
             last = status.last_event.astimezone(tz).date()
-            for picker in (self.controls.start, self.controls.end):
-                picker.min, picker.max = None, None
             if self.controls.start.value is None:
                 self.controls.start.value = first
-            if self.controls.end.value is None:
+            if self.controls.end.value is None or self.controls.end.value == self._auto_end:
                 self.controls.end.value = last
+            self._auto_end = last
+        finally:
+            self._quiet = False
+
+    def _on_control(self, _change: dict[str, Any]) -> None:
+        if not self._quiet:
+            self._debouncer()
 
     def flush(self) -> None:
         """Run a pending debounced refresh now (tests; also harmless interactively)."""
@@ -663,9 +682,13 @@ class Dashboard(widgets.VBox):
                 params = self.controls.params()
                 with self.guru.reader() as con:
                     rendered = render(con, self.guru.slug, params)
+            except NoDataError as exc:
+                self._set_error(f"{exc} (or press Sync now)")
+                return None
             except GuruAnalyticsError as exc:
                 self._set_error(str(exc))
                 return None
+            self.render_count += 1
             self._show(rendered)
             return rendered
 

@@ -1022,3 +1022,79 @@ def test_default_touch_goes_on_top_even_when_the_clock_is_behind(
     top = srv.truth(srv.guru_slug)
     assert top["id"].iloc[:2].tolist() == [new, sid]
     assert top["last_used"].iloc[0] == when + timedelta(microseconds=1)
+
+
+def test_stop_cuts_keep_alive_connections(
+    servers: list[LocalGurubase], http: requests.Session
+) -> None:
+    srv = demo(servers, 30)
+    url = list_url(srv)
+    assert post(http, url, {}).status_code == 200  # the pooled connection is now open
+    srv.stop()
+    with pytest.raises(requests.ConnectionError):
+        post(http, url, {})
+    srv.stop()  # idempotent
+    with pytest.raises(ConfigError):
+        _ = srv.base_url
+
+
+def test_hook_errors_give_500_and_the_server_keeps_serving(
+    servers: list[LocalGurubase], http: requests.Session
+) -> None:
+    srv = demo(servers, 30)
+
+    def broken(_srv: LocalGurubase) -> None:
+        raise RuntimeError("scripted failure")
+
+    srv.on_request(1, broken)
+    r = post(http, list_url(srv), {})
+    assert r.status_code == 500 and r.headers["Content-Type"].startswith("text/html")
+    assert len(srv.internal_errors) == 1 and "scripted failure" in srv.internal_errors[0]
+    assert srv.log[-1].status == 500
+    assert post(http, list_url(srv), {}).status_code == 200
+
+
+def test_rootless_conversation_and_add_guru_validation(
+    servers: list[LocalGurubase], http: requests.Session
+) -> None:
+    srv = demo(servers, 200, rootless_share=0.5, seed=6)
+    rootless = srv.synthetic.sessions.loc[~srv.synthetic.sessions["has_root"], "id"].iloc[0]
+    r = post(http, conv_url(srv, rootless))
+    assert r.status_code == 200
+    assert r.json()["conversation"] == [] and r.json()["root_question_slug"] is None
+    with pytest.raises(ConfigError):  # same seed: the same session ids
+        srv.add_guru("copy", synthetic.generate(200, 5, 5, seed=6, guru_slug="copy"))
+    with pytest.raises(ConfigError):
+        srv.add_guru(srv.synthetic)  # slug already served
+    naive = pd.DataFrame({"id": ["n1"], "last_used": [datetime(2025, 1, 1)]})
+    with pytest.raises(ConfigError):
+        srv.add_guru("naive", naive)
+    with pytest.raises(ConfigError):
+        srv.add_guru("no-times", pd.DataFrame({"id": ["n1"]}))
+    backwards = pd.DataFrame(
+        {
+            "id": ["b1"],
+            "last_used": pd.to_datetime(["2025-01-01"], utc=True),
+            "date_created": pd.to_datetime(["2025-02-01"], utc=True),
+        }
+    )
+    with pytest.raises(ConfigError):
+        srv.add_guru("backwards", backwards)
+    assert srv.add_guru("empty") == "empty"
+    srv.add_key("gk-empty-reader-0000000000", "reader", gurus=["empty"])
+    r = post(http, list_url(srv, "empty"), {}, key="gk-empty-reader-0000000000")
+    assert r.json() == {"today": [], "last_week": [], "older": [], "has_more": False}
+    assert srv.gurus() == ["demo-guru", "empty"]
+
+
+def test_cli_serve_port_in_use_is_a_config_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from guru_analytics.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = main(["serve", "--port", str(port), "--sessions", "10", "--users", "2"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err

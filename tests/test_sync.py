@@ -29,6 +29,7 @@ from sync_fixtures import (
     truth,
 )
 
+import guru_analytics.sync as sync_module
 from guru_analytics.errors import ConfigError
 from guru_analytics.server import LocalGurubase
 from guru_analytics.sync import listings_for, read_users_file
@@ -169,7 +170,7 @@ def test_tie_group_straddling_boundaries_is_fully_read(tmp_path: Path) -> None:
     times += [t0 - timedelta(hours=4, minutes=i) for i in range(23)]
     frame = pd.DataFrame({"id": [f"s{i:03d}" for i in range(120)], "last_used": times})
     rereads = []
-    for seed in range(3):
+    for seed in range(2):
         srv = LocalGurubase(rate_limit=None, tie_shuffle=True, seed=seed)
         srv.add_guru("ties", frame)
         srv.add_key("k-ties-0001", "owner")
@@ -327,7 +328,10 @@ def test_search_listing_syncs_the_matching_subset(tmp_path: Path) -> None:
 # --- messages ---------------------------------------------------------------------------------
 
 
-def test_messages_fetch_only_new_or_changed_and_respect_max_requests(tmp_path: Path) -> None:
+def test_messages_fetch_only_new_or_changed_and_respect_max_requests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sync_module, "MESSAGE_CHUNK", 4)  # pending rows are read in chunks
     with demo_server(25) as srv:
         slug = srv.guru_slug
         store = new_store(tmp_path)
@@ -471,3 +475,18 @@ def test_bad_arguments_are_config_errors(tmp_path: Path) -> None:
             with pytest.raises(ConfigError):
                 run(srv, store, **kwargs)
         assert list_requests(srv) == 0
+
+
+def test_progress_bar_shows_pages_and_rate_limit_pace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with demo_server(61) as srv:
+        store = new_store(tmp_path)
+        client = client_for(srv, rate_limit=600, rate_window=60.0)
+        run(srv, store, client=client, progress=True, messages=True, max_requests=3)
+        err = capsys.readouterr().err
+        assert "guru-wide p3" in err and "new 61" in err
+        assert "≈0.1 s/page (rate limit)" in err and "messages" in err and "3/3" in err
+        assert srv.api_key is not None and srv.api_key not in err
+        run(srv, store, progress=None)  # stderr is not a terminal here: no bar
+        assert capsys.readouterr().err == ""

@@ -76,6 +76,12 @@ def test_users_heavy_tailed_and_unattributed_share(guru: synthetic.SyntheticGuru
     bottom25 = counts.iloc[25:].sum() / counts.sum()
     assert top5 > 0.4 and bottom25 < 0.15
     assert any("@example.com" in u for u in counts.index)
+    # Users join over time: power users from the first days, others later (new users/week).
+    first_seen = guru.sessions.groupby("external_user_id")["date_created"].min()
+    start = END - timedelta(days=120)
+    assert first_seen["user-0001"] < start + timedelta(days=2)
+    assert (first_seen > start + timedelta(days=30)).sum() >= 10
+    assert (first_seen > start + timedelta(days=80)).sum() >= 3
     # Widget visitors ask through the widget or the UI, never through Slack.
     anon = guru.sessions[ext.isna()]
     assert set(anon["source"]) == {"WIDGET QUESTION", "USER"}
@@ -193,6 +199,8 @@ def test_message_events_equal_messages_for_every_session() -> None:
         got = by_id[sid]
         assert got["message_index"].tolist() == list(range(len(expected)))
         assert got["ts"].tolist() == expected
+    assert synthetic.message_events(g.sessions).equals(events)  # seed kept in attrs
+    assert not synthetic.message_events(g.sessions, seed=12)["ts"].equals(events["ts"])
     first = events[events["message_index"] == 0].set_index("id")["ts"]
     assert (first.loc[g.sessions["id"]].to_numpy() == g.sessions["date_created"].to_numpy()).all()
 
