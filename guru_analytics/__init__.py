@@ -2,7 +2,8 @@
 plots, a notebook dashboard and CSV reports.
 
 Nothing heavy is imported here: names resolve lazily so ``import guru_analytics`` is instant
-and has no side effects.
+and has no side effects. (The ``sync`` function is not re-exported: ``guru_analytics.sync``
+is the module, so ``from guru_analytics.sync import sync`` is the one unambiguous spelling.)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Guru": "guru_analytics.guru",
-    "sync": "guru_analytics.sync",
+    "sync_guru": "guru_analytics.sync",
     "SyncSummary": "guru_analytics.sync",
     "GurubaseClient": "guru_analytics.client",
     "Store": "guru_analytics.store",

@@ -612,7 +612,10 @@ def _add_demo(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--tz", default="UTC", help="IANA time zone of buckets and timestamps (default UTC)")
     p.add_argument("--no-messages", action="store_true",
                    help="skip Get Session (no messages, binge length or sources outputs)")  # fmt: skip
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
+                     help="always show the progress bar (default: when stderr is a terminal)")  # fmt: skip
+    bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show the progress bar")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -628,7 +631,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         rate_limit=args.rate_limit,
         tz=check_tz(args.tz),
         messages=not args.no_messages,
-        progress=not args.no_progress,
+        progress=args.progress,
     )
     return 0
 

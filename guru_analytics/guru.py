@@ -27,6 +27,7 @@ import duckdb
 import pandas as pd
 
 from .errors import CacheError, ConfigError, mask_key
+from .ratelimit import SlidingWindowLimiter
 from .timestamps import check_tz, utc_now
 
 if TYPE_CHECKING:
@@ -36,9 +37,6 @@ if TYPE_CHECKING:
     from .server import LocalGurubase
     from .sync import SyncSummary
     from .widgets import Dashboard
-
-DEFAULT_DB = "guru-analytics.duckdb"
-DB_ENV = "GURU_ANALYTICS_DB"
 
 _TZ_DEFAULTED = (
     "sessions",
@@ -95,23 +93,22 @@ class CacheStatus:
         )
 
 
-class _ReportingLimiter:
-    """Factory for a limiter that reports each request start (for the dashboard's bar)."""
+class _ReportingLimiter(SlidingWindowLimiter):
+    """The client's limiter, also telling ``on_request(n)`` as the n-th request starts (the
+    dashboard's progress bar): retries count, because they are requests too."""
 
-    @staticmethod
-    def build(rate_limit: int | None, rate_window: float, on_request: Callable[[int], None]) -> Any:
-        from .ratelimit import SlidingWindowLimiter
+    def __init__(
+        self, rate_limit: int | None, rate_window: float, on_request: Callable[[int], None]
+    ) -> None:
+        super().__init__(rate_limit, rate_window)
+        self._on_request = on_request
+        self.count = 0
 
-        class Reporting(SlidingWindowLimiter):
-            count = 0
-
-            def acquire(self) -> float:
-                delay = super().acquire()
-                self.count += 1
-                on_request(self.count)
-                return delay
-
-        return Reporting(rate_limit, rate_window)
+    def acquire(self) -> float:
+        delay = super().acquire()
+        self.count += 1
+        self._on_request(self.count)
+        return delay
 
 
 class Guru:
@@ -333,7 +330,7 @@ class Guru:
         if not guru_wide and not user_list:
             raise ConfigError("nothing to sync: pass users=[...] or keep guru_wide=True")
         limiter = (
-            _ReportingLimiter.build(self.rate_limit, self.rate_window, on_request)
+            _ReportingLimiter(self.rate_limit, self.rate_window, on_request)
             if on_request is not None
             else None
         )

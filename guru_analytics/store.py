@@ -7,7 +7,8 @@ Tables (schema version ``SCHEMA_VERSION``):
 
 - ``meta(key, value)``: ``schema_version``.
 - ``sessions``: one row per (guru, id) with the current listing values, first/last seen
-  (client clock), the deleted flag, and ``date_created`` once messages were fetched.
+  (client clock), the deleted flag, ``date_created`` once messages were fetched, and (v2)
+  ``listing_md5``, a fingerprint of the listing text (internal; rows are never deleted).
 - ``observations``: every distinct ``last_used`` ever seen per session, so activity over time
   survives later syncs overwriting ``sessions.last_used``.
 - ``session_users``: which external user a session belongs to (from filtered listings).
@@ -357,7 +358,8 @@ def _check_listing(listing: str) -> str:
         if sep and kind in ("user", "search") and rest:
             return listing
     raise ConfigError(
-        f"listing key {listing!r} is not valid: use '' (guru-wide), 'user:<id>' or 'search:<query>'"
+        f"listing key {listing!r} is not valid: use '' (guru-wide), 'user:<id>', "
+        "'search:<query>' or 'user:<id>|search:<query>'"
     )
 
 
@@ -735,6 +737,7 @@ class Store:
         self._lock = threading.RLock()
         self._conn: duckdb.DuckDBPyConnection | None = None
         self._readers: dict[int, int] = {}  # thread id -> open read-only reader() blocks
+        self._my_runs: set[int] = set()  # begun here, not ended: live until close()
         self._closed = False
         raw = default_cache_path() if path is None else path
         if not isinstance(raw, str | os.PathLike):
@@ -989,11 +992,19 @@ class Store:
         """
         with self._lock:
             conn = self._write_conn()
-            names = [name for name, frame in (frames or {}).items() if frame is not None]
-            for name in names:
-                conn.register(name, frames[name])  # type: ignore[index]
+            names: list[str] = []
             try:
-                conn.execute("BEGIN TRANSACTION")
+                try:
+                    for name, frame in (frames or {}).items():
+                        if frame is not None:
+                            conn.register(name, frame)
+                            names.append(name)
+                    conn.execute("BEGIN TRANSACTION")
+                except duckdb.Error as exc:
+                    raise CacheError(
+                        f"{what} could not start ({_one_line(exc)}): finish any transaction "
+                        "you opened on store.connection() and retry"
+                    ) from exc
                 try:
                     yield conn
                 except BaseException as exc:
@@ -1029,10 +1040,15 @@ class Store:
             conn.close()
 
     def close(self) -> None:
-        """Release the file (or drop the in-memory database); the Store cannot be used again."""
+        """Release the file (or drop the in-memory database); the Store cannot be used again.
+
+        Runs begun here and never ended read as ``interrupted`` from now on."""
         with self._lock:
             if self._closed:
                 return
+            with _LIVE_RUNS_LOCK:
+                _LIVE_RUNS.difference_update((self._identity, r) for r in self._my_runs)
+            self._my_runs.clear()
             if self._memory and self._conn is not None:
                 self._conn.close()
                 self._conn = None
@@ -1309,6 +1325,7 @@ class Store:
             run_id = int(row[0])
         with _LIVE_RUNS_LOCK:
             _LIVE_RUNS.add((self._identity, run_id))
+        self._my_runs.add(run_id)
         return run_id
 
     def end_run(self, run_id: int, outcome: str, error: str | None = None, **counts: int) -> None:
@@ -1343,6 +1360,7 @@ class Store:
                 )
         with _LIVE_RUNS_LOCK:
             _LIVE_RUNS.discard((self._identity, int(run_id)))
+        self._my_runs.discard(int(run_id))
 
     def _is_orphan(self, run_id: int, pid: Any, host: Any) -> bool:
         """Whether a 'running' row has no live process behind it (checked on this host only)."""
@@ -1557,7 +1575,10 @@ class Store:
 
     def pending_message_fetches(self, guru: str, limit: int | None = None) -> pd.DataFrame:
         """Non-deleted sessions whose messages were never fetched or are older than their
-        ``last_used``; newest ``last_used`` first (the sessions users touched last)."""
+        ``last_used``; newest ``last_used`` first (the sessions users touched last).
+
+        Columns: ``id``, ``last_used``, ``fetched_last_used`` (NaT if never fetched),
+        ``root_question_slug``."""
         _check_guru(guru)
         if limit is not None and (
             isinstance(limit, bool) or not isinstance(limit, int) or limit < 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -63,7 +64,7 @@ COMMON_TIMEZONES: tuple[str, ...] = (
     "Asia/Tokyo",
     "Australia/Sydney",
 )
-WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_log = logging.getLogger("guru_analytics.widgets")
 
 
 # --- debouncing ---------------------------------------------------------------------------
@@ -624,12 +625,14 @@ class Dashboard(widgets.VBox):
             [
                 self.summary_view,
                 self.activity_view,
-                widgets.HBox([self.users_view, self.heatmap_view]),
+                widgets.HBox(
+                    [self.users_view, self.heatmap_view], layout={"flex_flow": "row wrap"}
+                ),
             ]
         )
         super().__init__([header, self.controls.widget, actions, self.status, views])
 
-        self._debouncer = Debouncer(self.refresh, debounce, timer_factory)
+        self._debouncer = Debouncer(self._refresh_in_background, debounce, timer_factory)
         self._quiet = False
         self._auto_end: date | None = None
         self.render_count = 0
@@ -692,6 +695,15 @@ class Dashboard(widgets.VBox):
             self._show(rendered)
             return rendered
 
+    def _refresh_in_background(self) -> None:
+        """The debounced redraw runs on a timer thread, where an exception would only reach
+        stderr: a bug is shown in the status line and logged, never lost."""
+        try:
+            self.refresh()
+        except Exception as exc:  # noqa: BLE001 - a thread has nobody to raise to
+            _log.exception("dashboard redraw failed")
+            self._set_error(f"Redraw failed with an unexpected {type(exc).__name__}: {exc}")
+
     def _show(self, rendered: Rendered) -> None:
         previous, self.last = self.last, rendered
         replace_outputs(self.summary_view, html_output(summary_html(rendered.summary)))
@@ -751,10 +763,12 @@ class Dashboard(widgets.VBox):
             )
         except GuruAnalyticsError as exc:
             self.progress.bar_style = "danger"
+            self.sync_error = exc
             self._set_error(f"Sync failed: {exc}")
         except Exception as exc:  # noqa: BLE001 - a thread has nobody to raise to: show it, keep it
             self.progress.bar_style = "danger"
             self.sync_error = exc
+            _log.exception("dashboard sync failed")
             self._set_error(f"Sync failed with an unexpected {type(exc).__name__}: {exc}")
         else:
             self.sync_summary = summary

@@ -81,7 +81,7 @@ def test_user_report_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         == overview.loc[overview["user"] != "(unattributed)", "user"].head(3).tolist()
     )
     for row in report.itertuples():
-        folder = Path(row.folder)
+        folder = tmp_path / row.folder
         sessions = pd.read_csv(folder / "sessions.csv")
         assert len(sessions) == row.sessions
         weekly = pd.read_csv(folder / "activity_per_week.csv")

@@ -277,8 +277,17 @@ def test_runs_round_trip(tmp_path: Path) -> None:
     first = runs.iloc[0]
     assert first["listings"] == ["", "user:alice"]
     assert first["started_at"] == at(0) and first["ended_at"] == at(5)
-    assert (first["requests"], first["throttled"], first["retries"], first["pages"]) == (12, 1, 2, 9)
-    assert (first["sessions_new"], first["sessions_changed"], first["sessions_deleted"]) == (40, 3, 1)
+    assert (first["requests"], first["throttled"], first["retries"], first["pages"]) == (
+        12,
+        1,
+        2,
+        9,
+    )
+    assert (first["sessions_new"], first["sessions_changed"], first["sessions_deleted"]) == (
+        40,
+        3,
+        1,
+    )
     assert (first["messages_fetched"], first["messages_remaining"]) == (0, 7)
     assert first["pid"] == os.getpid()
     assert runs.iloc[1]["search_query"] == "kubernetes"
@@ -316,6 +325,12 @@ def test_a_run_left_running_by_this_process_reads_interrupted(store: Store) -> N
         stored = conn.execute("SELECT outcome, error FROM sync_runs ORDER BY run_id").fetchall()
     assert stored[0][0] == "interrupted" and "stopped before recording" in stored[0][1]
     assert stored[1][0] == "running"
+    # A Store closed without ending its run (a crashed sync in a notebook kernel): the run is
+    # no longer owned by anyone alive in this process.
+    path = store.path
+    store.close()
+    with Store(path) as again:
+        assert list(again.runs(G)["outcome"]) == ["interrupted", "interrupted"]
 
 
 def _child(script: str, *args: str) -> subprocess.Popen[str]:
@@ -386,11 +401,15 @@ def test_sync_state_round_trip_and_partial_updates(store: Store) -> None:
 
     # Only given fields change; None clears a field.
     store.save_state(G, "", watermark=at(-1), completed_at=at(9))
-    store.save_state(G, "", pass_mode=None, pass_started_at=None, pass_top=None, pass_next_page=None)
+    store.save_state(
+        G, "", pass_mode=None, pass_started_at=None, pass_top=None, pass_next_page=None
+    )
     assert store.get_state(G, "") == SyncState(G, "", at(-1), at(9), None, None, None, None)
 
     store.save_state(G, "user:alice", watermark=at(3))
     store.save_state(G, "search:how to", pass_next_page=2)
+    store.save_state(G, "user:alice|search:how to", pass_next_page=3)
+    assert store.get_state(G, "user:alice|search:how to").pass_next_page == 3
     assert store.get_state(G, "user:alice").watermark == at(3)
     assert store.get_state(G, "search:how to").pass_next_page == 2
     assert store.get_state("other", "") is None
@@ -467,7 +486,9 @@ def test_messages_write_replace_and_pending(store: Store) -> None:
     store.write_messages(
         G, "c", messages_frame(("9", at(20), "USER")), fetched_last_used=at(20), fetched_at=at(53)
     )
-    store.write_messages(G, "c", None, fetched_last_used=None, fetched_at=at(60), status="not_found")
+    store.write_messages(
+        G, "c", None, fetched_last_used=None, fetched_at=at(60), status="not_found"
+    )
     c = row(sessions_table(store), "c")
     assert c["deleted"] and c["deleted_at"] == at(60)
     assert list(store.pending_message_fetches(G)["id"]) == ["a"]
@@ -606,6 +627,19 @@ def test_bad_paths_raise_clear_errors(tmp_path: Path) -> None:
     assert blocker.read_text() == "not a directory"  # never overwritten
 
 
+def test_unwritable_location_raises_cache_error(tmp_path: Path) -> None:
+    if os.geteuid() == 0:  # root ignores permission bits; sysfs refuses new files even to root
+        target = Path("/sys/guru-analytics-test.duckdb")
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        target = locked / "cache.duckdb"
+    with pytest.raises(CacheError, match="cannot open cache .*writable file or pass a different"):
+        Store(target)
+    assert not target.exists()
+
+
 def test_directory_is_created_and_default_path_follows_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -724,106 +758,86 @@ def test_killed_writer_leaves_whole_pages_only(tmp_path: Path) -> None:
 
 # --- locking across processes -----------------------------------------------------------
 
-CHILD_HOLDER = """
-import sys
-from guru_analytics.store import Store
-store = Store(sys.argv[1])
-store.connection()  # take the write lock
-print("holding", flush=True)
-sys.stdin.readline()
-store.release()
-print("released", flush=True)
-sys.stdin.readline()
-"""
-
-
-def test_reader_times_out_naming_the_pid_then_succeeds_after_release(tmp_path: Path) -> None:
-    path = tmp_path / "c.duckdb"
-    with Store(path) as store:
-        store.write_page(G, listing(("a", at(1))), at(2))
-    child = _child(CHILD_HOLDER, str(path))
-    try:
-        _wait_line(child, "holding")
-        with pytest.raises(CacheLockedError, match=rf"held by PID {child.pid} .*different --db"):
-            Store(path, lock_timeout=0.3)
-        # A Store created while the file is free, then locked by the other process.
-        assert child.stdin is not None
-        child.stdin.write("\n")
-        child.stdin.flush()
-        _wait_line(child, "released")
-        reader_store = Store(path, lock_timeout=0.3)
-        assert reader_store.summary(G)["sessions"] == 1
-        reader_store.release()
-    finally:
-        child.kill()
-        child.wait()
-
-
-CHILD_HOLD_THEN_RELEASE = """
+# A second process driven over stdin, one command a line, so one child serves a whole test.
+AGENT = """
 import sys, time
+from guru_analytics.errors import GuruAnalyticsError
 from guru_analytics.store import Store
-store = Store(sys.argv[1])
-store.connection()
-print("holding", flush=True)
-time.sleep(float(sys.argv[2]))
-store.release()
-sys.stdin.readline()
+path = sys.argv[1]
+store = None
+for line in sys.stdin:
+    cmd, *args = line.split()
+    try:
+        if cmd == "hold":  # take the write lock; with a duration, give it back after it
+            store = store or Store(path)
+            store.connection()
+            print("holding", flush=True)
+            if args:
+                time.sleep(float(args[0]))
+                store.release()
+        elif cmd == "release":
+            store.release()
+            print("released", flush=True)
+        elif cmd == "read":
+            reader = Store(path, lock_timeout=float(args[0]))
+            print(reader.summary("demo-guru")["sessions"], flush=True)
+            reader.close()
+    except GuruAnalyticsError as exc:
+        print(f"error: {exc}", flush=True)
 """
+
+
+def _tell(proc: subprocess.Popen[str], command: str) -> str:
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(command + "\n")
+    proc.stdin.flush()
+    return proc.stdout.readline().strip()
+
+
+def test_lock_errors_name_the_holder_and_release_frees_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.duckdb"
+    store = Store(path, lock_timeout=0.3)
+    store.write_page(G, listing(("a", at(1))), at(2))  # this process now holds the file
+    agent = _child(AGENT, str(path))
+    try:
+        answer = _tell(agent, "read 0.3")
+        assert answer.startswith(f"error: cache {path} is held by PID {os.getpid()} ")
+        assert answer.endswith("wait for that sync to finish or pass a different --db")
+        store.release()
+        assert _tell(agent, "read 0.3") == "1"
+
+        assert _tell(agent, "hold") == "holding"
+        with pytest.raises(CacheLockedError, match=rf"held by PID {agent.pid} \(waited 0.3 s\)"):
+            store.summary(G)
+        with pytest.raises(CacheLockedError, match=rf"held by PID {agent.pid}"):
+            store.write_page(G, listing(("b", at(3))), at(4))
+        with pytest.raises(CacheLockedError, match=rf"held by PID {agent.pid}"):
+            Store(path, lock_timeout=0.3)
+        assert _tell(agent, "release") == "released"
+        assert store.summary(G)["sessions"] == 1
+        assert store.write_page(G, listing(("b", at(3))), at(4)).new == 1
+    finally:
+        agent.kill()
+        agent.wait()
+    store.close()
 
 
 def test_reader_and_writer_wait_for_a_lock_released_in_time(tmp_path: Path) -> None:
     path = tmp_path / "c.duckdb"
-    store = Store(path, lock_timeout=20.0)
+    store = Store(path, lock_timeout=30.0)
     store.write_page(G, listing(("a", at(1))), at(2))
     store.release()
-    child = _child(CHILD_HOLD_THEN_RELEASE, str(path), "1.0")
+    agent = _child(AGENT, str(path))
     try:
-        _wait_line(child, "holding")
-        with store.reader() as conn:  # blocks until the child releases, then reads
+        assert _tell(agent, "hold 1.0") == "holding"
+        with store.reader() as conn:  # blocks until the agent releases, then reads
             assert conn.execute("SELECT count(*) FROM sessions").fetchall() == [(1,)]
-        assert store.write_page(G, listing(("b", at(3))), at(4)).new == 1
+        assert _tell(agent, "hold 1.0") == "holding"
+        assert store.write_page(G, listing(("b", at(3))), at(4)).new == 1  # waits, then writes
     finally:
-        child.kill()
-        child.wait()
-    store.release()
-
-    child = _child(CHILD_HOLD_THEN_RELEASE, str(path), "1.0")
-    try:
-        _wait_line(child, "holding")
-        assert store.write_page(G, listing(("c", at(5))), at(6)).new == 1  # waits, then writes
-    finally:
-        child.kill()
-        child.wait()
-    assert store.summary(G)["sessions"] == 3
-    store.close()
-
-
-CHILD_READER = """
-import sys
-from guru_analytics.store import Store
-store = Store(sys.argv[1], lock_timeout=0.5)
-print(store.summary("demo-guru")["sessions"], flush=True)
-"""
-
-
-def test_release_lets_another_process_read(tmp_path: Path) -> None:
-    path = tmp_path / "c.duckdb"
-    store = Store(path)
-    store.write_page(G, listing(("a", at(1)), ("b", at(2))), at(3))
-    # Still holding the file: the other process cannot even open it.
-    held = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(CHILD_READER), str(path)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert held.returncode != 0
-    assert f"held by PID {os.getpid()}" in held.stderr
-    store.release()
-    freed = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(CHILD_READER), str(path)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert freed.returncode == 0, freed.stderr
-    assert freed.stdout.strip() == "2"
+        agent.kill()
+        agent.wait()
+    assert store.summary(G)["sessions"] == 2
     store.close()
 
 
@@ -920,7 +934,7 @@ def test_summary_and_gurus(store: Store) -> None:
 def _random_pages(seed: int, n_ids: int, n_pages: int) -> list[pd.DataFrame]:
     rng = np.random.default_rng(seed)
     pages = []
-    for p in range(n_pages):
+    for _ in range(n_pages):
         ids = rng.choice(n_ids, 30)
         rows = [(f"s{i}", at(int(rng.integers(0, 500))), f"Q{i}?") for i in ids]
         pages.append(listing(*rows))

@@ -221,6 +221,21 @@ def test_bucket_control(guru: Guru, dash: Dashboard) -> None:
     assert len(dash.last.figures["activity"].axes[0].patches) == len(table)
 
 
+def test_hour_buckets_on_a_dst_day(guru: Guru, dash: Dashboard) -> None:
+    """Berlin's fall-back day has 25 hours; every one is a bucket."""
+    day = date(2025, 10, 26)
+    dash.controls.tz.value = "Europe/Berlin"
+    dash.controls.freq.value = "hour"
+    dash.controls.start.value = day
+    dash.controls.end.value = day
+    dash.flush()
+    table = dash.last.table
+    assert len(table) == 25
+    assert table["bucket"].dt.tz_convert("UTC").diff().dropna().eq(pd.Timedelta(hours=1)).all()
+    truth = guru.server.truth(guru.slug)["last_used"].dt.tz_convert("Europe/Berlin")
+    assert int(table["active_sessions"].sum()) == int((truth.dt.date == day).sum()) > 0
+
+
 def test_time_zone_control_moves_buckets_and_heatmap(guru: Guru, dash: Dashboard) -> None:
     utc_heat = dash.last.heatmap.copy()
     dash.controls.tz.value = "Asia/Tokyo"
@@ -352,8 +367,9 @@ def test_old_figures_are_freed_and_pyplot_is_untouched(dash: Dashboard) -> None:
 
 
 def test_export_button_writes_the_current_table(
-    guru: Guru, dash: Dashboard, tmp_path: Path
+    guru: Guru, dash: Dashboard, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.chdir(tmp_path.parent)  # the notebook's directory: the file is served below it
     dash.controls.freq.value = "week"
     dash.controls.split.value = "top"
     dash.controls.top_n.value = 2
@@ -373,7 +389,8 @@ def test_export_button_writes_the_current_table(
         == table["bucket"].dt.tz_convert("UTC").tolist()
     )
     link = dash.export_view.outputs[0]["data"]
-    assert path.name in link["text/html"] and str(path) == link["text/plain"]
+    assert f"<a href='{tmp_path.name}/{path.name}'" in link["text/html"]
+    assert str(path) == link["text/plain"]
 
 
 # --- sync from the dashboard ----------------------------------------------------------------
