@@ -98,19 +98,44 @@ def bench_bulk(n: int) -> dict[str, float]:
         return {"events": float(len(events)), "first_s": t_first, "reload_s": t_again}
 
 
+def calibrate() -> str:
+    """How fast DuckDB round trips are on this machine, to read the numbers above against."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(Path(tmp) / "cal.duckdb")
+        conn = store.connection()
+        one, txn = [], []
+        for _ in range(500):
+            t = time.process_time()
+            conn.execute("SELECT 1").fetchall()
+            one.append(time.process_time() - t)
+            t = time.process_time()
+            conn.execute("BEGIN TRANSACTION")
+            conn.execute("UPDATE meta SET value = value WHERE key = 'schema_version'")
+            conn.execute("COMMIT")
+            txn.append(time.process_time() - t)
+        store.close()
+    return (
+        f"calibration: SELECT 1 {statistics.median(one) * 1000:.3f} ms CPU, "
+        f"one-row update transaction {statistics.median(txn) * 1000:.3f} ms CPU"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pages", type=int, default=1000)
     parser.add_argument("--cache", type=int, default=30_000)
     parser.add_argument("--bulk", type=int, default=1_000_000)
     args = parser.parse_args()
+    print(calibrate())
     for mode in ("unchanged", "mixed", "new") if args.pages else ():
         times, cpu = bench_pages(args.cache, args.pages, mode)
         q = np.percentile(times, [50, 90, 99]) * 1000
         print(
             f"{args.pages} x 30-row pages ({mode}) into {args.cache} sessions: "
             f"wall median {statistics.median(times) * 1000:.2f} ms (p90 {q[1]:.2f}, "
-            f"p99 {q[2]:.2f}); process CPU median {statistics.median(cpu) * 1000:.2f} ms"
+            f"p99 {q[2]:.2f}); process CPU median {statistics.median(cpu) * 1000:.2f} ms "
+            f"(first 100: {statistics.median(cpu[:100]) * 1000:.2f}, "
+            f"last 100: {statistics.median(cpu[-100:]) * 1000:.2f})"
         )
     if args.bulk:
         res = bench_bulk(args.bulk)

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 DEFAULT_OUT = "guru-analytics-demo"
 # Sized to finish in well under a minute on 2 cores with every session's messages fetched:
 # storing one Get Session answer costs ~15-20 ms of CPU today (one transaction each).
-DEFAULT_SESSIONS = 1500
+DEFAULT_SESSIONS = 1200
 DEFAULT_USERS = 30
 DEFAULT_DAYS = 180
 # Requests per minute, shared by the client and the in-process server: high enough that a

@@ -7,34 +7,55 @@ branch. ``MPLBACKEND`` is removed for the kernel so the default inline backend i
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib.image
 import nbformat
 import pandas as pd
 import pytest
-from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 ALL = sorted(NOTEBOOKS.glob("*.ipynb"))
 
 
+# nbclient runs in a child process: resolving the python3 kernel spec imports ipykernel, and
+# code that asks "am I in Jupyter?" by looking for ipykernel in sys.modules would then be
+# fooled for the rest of the test session.
+RUNNER = """
+import sys
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+source, out, target = sys.argv[1:]
+nb = nbformat.read(source, as_version=4)
+client = NotebookClient(nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": out}})
+try:
+    client.execute(cwd=out)
+except CellExecutionError as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(1)
+finally:
+    nbformat.write(nb, target)
+"""
+
+
 def run(path: Path, out: Path, monkeypatch: pytest.MonkeyPatch) -> nbformat.NotebookNode:
     monkeypatch.setenv("GURU_ANALYTICS_OUT", str(out))
     monkeypatch.delenv("MPLBACKEND", raising=False)
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(
-        nb,
-        kernel_name="python3",
-        timeout=120,
-        resources={"metadata": {"path": str(out)}},
+    executed = out / f"executed-{path.name}"
+    done = subprocess.run(
+        [sys.executable, "-c", RUNNER, str(path), str(out), str(executed)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
-    try:
-        client.execute(cwd=str(out))
-    except CellExecutionError as exc:  # re-raised with the failing cell's source and error
-        pytest.fail(f"{path.name} failed:\n{exc}")
-    return nb
+    if done.returncode != 0:
+        pytest.fail(f"{path.name} failed:\n{done.stderr[-4000:]}")
+    return nbformat.read(executed, as_version=4)
 
 
 def outputs_of(nb: nbformat.NotebookNode, kind: str) -> list[dict]:
