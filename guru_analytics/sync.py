@@ -84,7 +84,7 @@ class SyncSummary:
     notes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        names = ", ".join(_listing_label(k) for k in self.listings)
+        names = _listings_text(self.listings)
         rows = [
             ("listings", names),
             (
@@ -113,6 +113,14 @@ class SyncSummary:
 
 def _listing_label(key: str) -> str:
     return "guru-wide" if key == "" else key
+
+
+def _listings_text(keys: Sequence[str], shown: int = 4) -> str:
+    """Name a few listings and count the rest, so 50 users stay one readable line."""
+    labels = [_listing_label(k) for k in keys]
+    if len(labels) <= shown:
+        return ", ".join(labels)
+    return f"{', '.join(labels[:shown])} and {len(labels) - shown} more ({len(labels)} listings)"
 
 
 # --- listings -------------------------------------------------------------------------------
@@ -581,7 +589,15 @@ def _progress_wanted(progress: bool | None) -> bool:
             return True
     except (AttributeError, ValueError):
         pass
-    return "ipykernel" in sys.modules
+    return _in_jupyter_kernel()
+
+
+def _in_jupyter_kernel() -> bool:
+    """True inside a Jupyter kernel (not merely when ipykernel was imported somewhere)."""
+    ipython = sys.modules.get("IPython")
+    get_ipython = getattr(ipython, "get_ipython", None)
+    shell = get_ipython() if callable(get_ipython) else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def _make_bar(enabled: bool) -> Any:
