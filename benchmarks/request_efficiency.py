@@ -38,7 +38,7 @@ from .fixture import (
     users_exactness,
 )
 from .plan import Plan
-from .table import Row
+from .table import Row, fmt_ratio
 
 SECTION = "1. Requests"
 PAGE = 30
@@ -97,7 +97,7 @@ def _ratio_row(case: str, measured: int, minimum: int, label: str, notes: str) -
         case,
         f"{measured} request{'' if measured == 1 else 's'}",
         f"{label} = {minimum}",
-        f"{ratio:.2f}x",
+        fmt_ratio(ratio),
         "1.00x",
         ratio <= 1.0 + 1e-9,
         notes,
@@ -113,8 +113,9 @@ def _drift_row(
         SECTION,
         case,
         f"{measured} requests ({extra:+d} over the no-drift minimum)",
-        f"minimum {minimum}; {n_drifted} drifted sessions allow +{allowed}",
-        f"{measured / minimum:.2f}x",
+        f"minimum {minimum}; {n_drifted} drifted session{'' if n_drifted == 1 else 's'} "
+        f"allow{'s' if n_drifted == 1 else ''} +{allowed}",
+        fmt_ratio(measured / minimum),
         "extra <= +1 per 30 drifted; cache exact",
         extra <= allowed and exact.exact,
         detail,

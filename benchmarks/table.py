@@ -78,8 +78,18 @@ def render(report: Report, title: str = "guru_analytics benchmarks") -> str:
 
 
 def fmt_ratio(value: float | None, digits: int = 2) -> str:
-    """``1.23x``; an em dash when there is no value (e.g. a contender could not run)."""
-    return "—" if value is None else f"{value:.{digits}f}x"
+    """``1.23x``; an em dash when there is no value (e.g. a contender could not run).
+
+    A ratio that is not exactly 1 but rounds to it gets more digits (``1.001x``), so a
+    missed "1.00x" target never reads as met.
+    """
+    if value is None:
+        return "—"
+    text = f"{value:.{digits}f}"
+    while float(text) == 1.0 and value != 1.0 and digits < 6:
+        digits += 1
+        text = f"{value:.{digits}f}"
+    return text + "x"
 
 
 def fmt_seconds(value: float | None) -> str:
