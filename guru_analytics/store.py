@@ -9,9 +9,12 @@ Tables (schema version ``SCHEMA_VERSION``):
 - ``sessions``: one row per (guru, id) with the current listing values, first/last seen
   (client clock), the deleted flag, ``date_created`` once messages were fetched, and (v2)
   ``listing_md5``, a fingerprint of the listing text (internal; rows are never deleted).
+  (v3) A second index on ``id`` alone: DuckDB 2.0.1 never scans a multi-column primary key,
+  so it is what lets a page write find its 30 rows without reading the whole table.
 - ``observations``: every distinct ``last_used`` ever seen per session, so activity over time
   survives later syncs overwriting ``sessions.last_used``.
-- ``session_users``: which external user a session belongs to (from filtered listings).
+- ``session_users``: which external user a session belongs to (from filtered listings);
+  (v3) indexed on ``id`` for the same reason.
 - ``messages`` / ``message_fetches``: Get Session enrichment (opt-in).
 - ``sync_runs``: one row per ``sync()`` call with its request and session counts, and (v2)
   the PID and host that ran it, so a run a killed process left ``running`` reads as
@@ -27,11 +30,15 @@ backoff up to ``lock_timeout`` and then raise ``CacheLockedError`` naming the ho
 
 Every write method is one transaction: a crash or an exception at any point leaves the cache
 as it was before that call. Bulk data moves as DataFrames through set-based SQL, never row
-by row.
+by row. A listing page (30 rows) is the exception to the "all in SQL" style: each DuckDB
+statement costs about a millisecond however few rows it touches, so ``write_page`` reads the
+stored state of its rows with one index lookup, decides in Python what changes, and writes
+only that (see ``_PageRows``). ``load_frame`` does the same job set-based for large frames.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -39,6 +46,7 @@ import socket
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,7 +62,7 @@ import pandas as pd
 from .errors import CacheError, CacheLockedError, CacheSchemaError, ConfigError
 from .timestamps import utc_now
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Listing keys in sync_state / sync_runs: '' is the guru-wide listing.
 UNATTRIBUTED = "(unattributed)"
@@ -153,10 +161,8 @@ CREATE TABLE IF NOT EXISTS sync_state (
     PRIMARY KEY (guru, listing)
 );
 """
-# The listing fingerprint: one short value per session, so a page write can tell whether the
-# listing text changed by reading one narrow column instead of five wide ones. md5 is stable
-# across DuckDB versions (hash() is not). json_array keeps NULL apart from ''.
-LISTING_MD5_SQL = (
+# The v2 listing fingerprint (kept for the v2 step; v3 replaced it with LISTING_FINGERPRINT_SQL).
+_LISTING_MD5_V2_SQL = (
     "md5_number_lower(json_array(guru_type_name, root_question_name, root_question_slug, "
     "root_question_link, extra)::VARCHAR)"
 )
@@ -168,7 +174,51 @@ SCHEMA_V2 = f"""
 ALTER TABLE sync_runs ADD COLUMN pid INTEGER;
 ALTER TABLE sync_runs ADD COLUMN host VARCHAR;
 ALTER TABLE sessions ADD COLUMN listing_md5 UBIGINT;
-UPDATE sessions SET listing_md5 = {LISTING_MD5_SQL};
+UPDATE sessions SET listing_md5 = {_LISTING_MD5_V2_SQL};
+"""
+
+# The listing fingerprint (column listing_md5): one short value per session, so a page write can
+# tell whether the listing text changed by reading one narrow column instead of five wide ones.
+# It is the first 64 bits of the md5 of the listing fields, each written as 'N' (NULL) or
+# 'S<bytes>:<text>' and joined by '|', so NULL stays apart from '' and no field can run into the
+# next. Python computes it for page writes (``listing_fingerprint``, no page data sent to DuckDB
+# just to hash it) and SQL for bulk loads and the v3 backfill; tests hold the two equal.
+_FINGERPRINT_FIELDS = (
+    "guru_type_name",
+    "root_question_name",
+    "root_question_slug",
+    "root_question_link",
+    "extra::VARCHAR",
+)
+LISTING_FINGERPRINT_SQL = (
+    "('0x' || md5("
+    + " || '|' || ".join(
+        f"CASE WHEN {f} IS NULL THEN 'N' ELSE 'S' || strlen({f}) || ':' || {f} END"
+        for f in _FINGERPRINT_FIELDS
+    )
+    + ")[1:16])::UBIGINT"
+)
+
+
+def listing_fingerprint(values: Sequence[str | None]) -> int:
+    """``LISTING_FINGERPRINT_SQL`` of one session's listing fields, computed in Python.
+
+    ``values``: guru_type_name, root_question_name, root_question_slug, root_question_link and
+    extra (JSON text), each str or None."""
+    text = "|".join(
+        "N" if v is None else f"S{len(v.encode('utf-8', 'surrogatepass'))}:{v}" for v in values
+    )
+    digest = hashlib.md5(text.encode("utf-8", "surrogatepass"), usedforsecurity=False)
+    return int(digest.hexdigest()[:16], 16)
+
+
+# v3: single-column indexes on id, so page writes look their rows up instead of scanning
+# (DuckDB 2.0.1 uses an ART index for a scan only when it covers one column, and turns
+# ON CONFLICT into a MERGE that scans the target), and the fingerprint above.
+SCHEMA_V3 = f"""
+CREATE INDEX IF NOT EXISTS sessions_by_id ON sessions (id);
+CREATE INDEX IF NOT EXISTS session_users_by_id ON session_users (id);
+UPDATE sessions SET listing_md5 = {LISTING_FINGERPRINT_SQL};
 """
 
 Migration = tuple[int, "str | Callable[[duckdb.DuckDBPyConnection], None]"]
@@ -176,7 +226,7 @@ Migration = tuple[int, "str | Callable[[duckdb.DuckDBPyConnection], None]"]
 taking the open connection. Each step runs in its own transaction together with the
 ``meta.schema_version`` bump, so a failed upgrade leaves the previous version intact."""
 
-MIGRATIONS: tuple[Migration, ...] = ((1, SCHEMA_V1), (2, SCHEMA_V2))
+MIGRATIONS: tuple[Migration, ...] = ((1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3))
 
 LISTING_COLUMNS = (
     "id",
@@ -508,55 +558,108 @@ def _require(frame: Any, columns: Sequence[str], what: str) -> None:
 
 
 def _listing_frame(rows: pd.DataFrame, what: str) -> pd.DataFrame:
-    """The listing frame in the exact shape the SQL expects, with ``_ord`` = row position
-    (a tie-breaker: among equal ``last_used`` the later row of a batch wins). Built from
-    arrays, so it has a fresh RangeIndex and costs little for a 30-row page."""
+    """The listing frame in the exact shape the bulk SQL expects, with ``_ord`` = row position
+    (a tie-breaker: among equal ``last_used`` the later row of a batch wins)."""
     n = len(rows)
-    no_times = pd.array([pd.NaT] * n, dtype=_UTC_US)
     return pd.DataFrame(
         {
             "id": _id_column(rows, "id", what),
             "last_used": _utc_column(rows, "last_used", what, required=True),
             **{c: _text_column(rows, c, what) for c in _LISTING_TEXT},
             "extra": _json_column(rows, "extra", what),
-            "date_created": (
-                _utc_column(rows, "date_created", what, required=False)
-                if "date_created" in rows.columns
-                else no_times
-            ),
+            "date_created": _optional_utc_column(rows, "date_created", what),
             "_ord": np.arange(n, dtype=np.int64),
         }
     )
 
 
-def _message_frame(messages: pd.DataFrame) -> pd.DataFrame:
-    """The messages of one session in the shape the SQL expects; ids unique."""
+def _optional_utc_column(frame: pd.DataFrame, column: str, what: str) -> Any:
+    if column in frame.columns:
+        return _utc_column(frame, column, what, required=False)
+    return pd.array([pd.NaT] * len(frame), dtype=_UTC_US)
+
+
+def _values(array: Any, n: int) -> list[Any]:
+    """A validated column as a Python list, missing values (NaN, NA, NaT) as None."""
+    if array is None:
+        return [None] * n
+    values = array.tolist()  # far cheaper than iterating a pandas array element by element
+    return [None if v is None or v is pd.NA or v is pd.NaT or v != v else v for v in values]
+
+
+def _message_frame(messages: pd.DataFrame, *, session_ids: bool = False) -> pd.DataFrame:
+    """Messages in the shape the SQL expects (with ``session_id`` first if ``session_ids``);
+    message ids unique per session."""
     what = "messages"
-    _require(messages, ("id", "date_created"), what)
+    _require(
+        messages,
+        ("session_id", "id", "date_created") if session_ids else ("id", "date_created"),
+        what,
+    )
     ids = messages["id"]
     if pd.api.types.infer_dtype(ids, skipna=False) == "integer":
         ids = ids.astype(str)
-    n = len(messages)
     out = pd.DataFrame(
         {
+            **({"session_id": _id_column(messages, "session_id", what)} if session_ids else {}),
             "id": _id_column(pd.DataFrame({"id": ids}), "id", what),
             **{c: _text_column(messages, c, what) for c in _MESSAGE_TEXT},
             "date_created": _utc_column(messages, "date_created", what, required=True),
-            "date_updated": (
-                _utc_column(messages, "date_updated", what, required=False)
-                if "date_updated" in messages.columns
-                else pd.array([pd.NaT] * n, dtype=_UTC_US)
-            ),
+            "date_updated": _optional_utc_column(messages, "date_updated", what),
             **{c: _int_column(messages, c, what) for c in _MESSAGE_INT},
             "extra": _json_column(messages, "extra", what),
         }
     )
-    dupes = out["id"][out["id"].duplicated()].unique().tolist()
+    ids = out["id"].tolist()
+    keys: list[Any] = (
+        list(zip(out["session_id"].tolist(), ids, strict=True)) if session_ids else ids
+    )
+    counts = Counter(keys)
+    dupes = sorted({ids[k] for k, key in enumerate(keys) if counts[key] > 1})
     if dupes:
         raise ConfigError(
             f"messages repeat id(s) {', '.join(map(str, dupes[:5]))}: pass each message once"
         )
     return out
+
+
+@dataclass(frozen=True)
+class _Fetches:
+    """Validated fetch records of ``write_conversations``, one entry per session."""
+
+    session_id: list[str]
+    status: list[str]
+    fetched_last_used: list[datetime | None]
+    fetched_at: list[datetime]
+    date_created: list[datetime | None]
+
+    @classmethod
+    def from_frame(cls, fetches: pd.DataFrame) -> _Fetches:
+        what = "fetches"
+        _require(fetches, ("session_id", "status", "fetched_at"), what)
+        n = len(fetches)
+        if not n:
+            return cls([], [], [], [], [])
+        ids = list(_id_column(fetches, "session_id", what))
+        if not all(ids):
+            raise ConfigError("fetches column 'session_id' has an empty id: pass each session's id")
+        dupes = sorted(sid for sid, count in Counter(ids).items() if count > 1)
+        if dupes:
+            raise ConfigError(
+                f"fetches repeat session(s) {', '.join(dupes[:5])}: pass each session once per call"
+            )
+        status = fetches["status"].tolist()
+        bad = sorted({str(s) for s in status if s not in FETCH_STATUSES})
+        if bad:
+            raise ConfigError(
+                f"fetch status {', '.join(bad)} is not valid: use {' or '.join(FETCH_STATUSES)}"
+            )
+
+        def times(column: str) -> list[datetime | None]:
+            return _values(_optional_utc_column(fetches, column, what).to_pydatetime(), n)
+
+        fetched_at = list(_utc_column(fetches, "fetched_at", what, required=True).to_pydatetime())
+        return cls(ids, status, times("fetched_last_used"), fetched_at, times("date_created"))
 
 
 def _check_migrations(migrations: Iterable[Migration]) -> tuple[Migration, ...]:
@@ -576,13 +679,281 @@ def _check_migrations(migrations: Iterable[Migration]) -> tuple[Migration, ...]:
     return steps
 
 
-# The page (deduplicated when an id repeats: greatest last_used wins, among equals the later
-# row) classified against what is stored. Every later statement of the write reads this small
-# table. Only narrow stored columns are read (scanning the wide text columns of a large
-# sessions table would dominate the cost of a 30-row page), and the stored row's rowid is
-# kept so the updates below touch those rows directly instead of joining the whole table
-# again: rowids are stable here because sessions rows are never deleted and no key column
-# is ever updated, and this transaction is the only writer.
+# --- listing pages: look up, decide in Python, write what changed ------------------------------
+#
+# Rules shared with the bulk path below: ids repeating in a page are deduplicated (greatest
+# last_used wins, among equals the later row); a row is *new* if the guru has no such session,
+# *changed* if its last_used moves forward or the session was marked deleted; the stored
+# last_used never moves back and the listing text is rewritten only from a read at least as
+# new whose fingerprint differs; every seen session gets last_seen = max(last_seen, seen) and
+# loses its deleted flag; every distinct (id, last_used) not equal to the stored value becomes
+# an observation; with a user, every id is attributed to it.
+
+# The stored state of the page's ids, through the id index. Filtered on id alone: a second
+# condition (guru = ?) would be pushed into the scan, and DuckDB 2.0.1 then scans the whole
+# table; rows of other gurus are dropped in Python. The updates below address the rows by id
+# too (index again) unless another guru has a session with one of these ids (ids are UUIDs:
+# only hand-made data does), then by rowid, which reads the row groups holding them (rowids
+# are stable within the transaction: this Store is the file's only writer).
+_PAGE_READ_SQL = """
+SELECT 's', id, guru, rowid, epoch_us(last_used), deleted, listing_md5, NULL
+FROM sessions WHERE id IN (SELECT unnest($ids::VARCHAR[]))
+"""
+_PAGE_READ_USERS_SQL = """
+UNION ALL
+SELECT 'u', id, guru, NULL, NULL, NULL, NULL, external_user_id
+FROM session_users WHERE id IN (SELECT unnest($ids::VARCHAR[]))
+"""
+
+_PAGE_INSERT_SQL = """
+INSERT INTO sessions (guru, id, last_used, guru_type_name, root_question_name,
+                      root_question_slug, root_question_link, extra, first_seen, last_seen,
+                      deleted, deleted_at, date_created, listing_md5)
+SELECT $guru, unnest($id::VARCHAR[]), unnest($last_used::TIMESTAMPTZ[]),
+       unnest($guru_type_name::VARCHAR[]), unnest($root_question_name::VARCHAR[]),
+       unnest($root_question_slug::VARCHAR[]), unnest($root_question_link::VARCHAR[]),
+       unnest($extra::VARCHAR[])::JSON, $seen, $seen, false, NULL,
+       unnest($date_created::TIMESTAMPTZ[]), unnest($listing_md5::UBIGINT[])
+"""
+
+# Every stored row of the page: seen now; moved forward (greatest: a stale read keeps the
+# stored value); undeleted. The optional clauses are left out when no row needs them.
+_PAGE_TOUCH_SQL = """
+UPDATE sessions SET last_seen = greatest(sessions.last_seen, $seen){forward}{undelete}
+FROM (SELECT unnest($key::{key_type}[]) AS key, unnest($last_used::TIMESTAMPTZ[]) AS last_used) AS p
+WHERE sessions.{key} = p.key
+"""
+_PAGE_FORWARD = ", last_used = greatest(sessions.last_used, p.last_used)"
+_UNDELETE = ", deleted = false, deleted_at = NULL"
+
+# Rows whose listing text changed, read at least as new as stored (rare: a title edit).
+_PAGE_REFRESH_SQL = """
+UPDATE sessions SET
+    guru_type_name = p.guru_type_name,
+    root_question_name = p.root_question_name,
+    root_question_slug = p.root_question_slug,
+    root_question_link = p.root_question_link,
+    extra = p.extra::JSON,
+    listing_md5 = p.listing_md5
+FROM (SELECT unnest($key::{key_type}[]) AS key,
+             unnest($guru_type_name::VARCHAR[]) AS guru_type_name,
+             unnest($root_question_name::VARCHAR[]) AS root_question_name,
+             unnest($root_question_slug::VARCHAR[]) AS root_question_slug,
+             unnest($root_question_link::VARCHAR[]) AS root_question_link,
+             unnest($extra::VARCHAR[]) AS extra,
+             unnest($listing_md5::UBIGINT[]) AS listing_md5) AS p
+WHERE sessions.{key} = p.key
+"""
+
+# A plain INSERT checks the primary key through its index; ON CONFLICT would become a MERGE
+# that scans every observation. New and forward values are almost never stored yet (only
+# load_frame can add events past a session's last_used), so the page inserts them plainly
+# and, if one does exist, writes the whole page again with the scanning variant.
+_PAGE_OBSERVE_SQL = """
+INSERT INTO observations (guru, id, last_used, observed_at)
+SELECT $guru, unnest($id::VARCHAR[]), unnest($last_used::TIMESTAMPTZ[]), $seen
+"""
+_IF_NEW = " ON CONFLICT DO NOTHING"
+
+_PAGE_ATTRIBUTE_SQL = """
+INSERT INTO session_users (guru, id, external_user_id, first_seen)
+SELECT $guru, unnest($id::VARCHAR[]), $user, $seen
+"""
+
+
+class _ObservationsExist(Exception):
+    """The optimistic observations insert of a page met a stored row: write it again, checked."""
+
+
+@dataclass(frozen=True)
+class _PageRows:
+    """One listing page as Python lists (for 30 rows, far cheaper than pandas), deduplicated.
+
+    ``kept`` holds the page position of each distinct id's winning row, in page order.
+    """
+
+    ids: list[str]
+    last_used: list[datetime]
+    last_used_us: list[int]
+    fields: list[list[str | None]]  # _LISTING_TEXT columns then extra, one list each
+    date_created: list[datetime | None]
+    kept: list[int]
+
+    @classmethod
+    def from_frame(cls, rows: pd.DataFrame, what: str) -> _PageRows:
+        n = len(rows)
+        times = _utc_column(rows, "last_used", what, required=True)
+        ids = _id_column(rows, "id", what).tolist()
+        last_used_us = times.asi8.tolist()
+        winner: dict[str, int] = {}
+        for k, (sid, us) in enumerate(zip(ids, last_used_us, strict=True)):
+            j = winner.get(sid)
+            if j is None or us >= last_used_us[j]:
+                winner[sid] = k
+        created = _optional_utc_column(rows, "date_created", what)
+        return cls(
+            ids=ids,
+            last_used=list(times.to_pydatetime()),
+            last_used_us=last_used_us,
+            fields=[
+                *(_values(_text_column(rows, c, what), n) for c in _LISTING_TEXT),
+                _values(_json_column(rows, "extra", what), n),
+            ],
+            date_created=_values(created.to_pydatetime(), n),
+            kept=sorted(winner.values()),
+        )
+
+    def _params(self, positions: list[int]) -> dict[str, list[Any]]:
+        """The listing fields of these rows, one list per column, keyed like the SQL."""
+        return {
+            name: [values[k] for k in positions]
+            for name, values in zip((*_LISTING_TEXT, "extra"), self.fields, strict=True)
+        }
+
+    def write(
+        self,
+        conn: duckdb.DuckDBPyConnection,
+        guru: str,
+        seen: datetime,
+        user: str | None,
+        *,
+        checked: bool,
+    ) -> PageWrite:
+        """Upsert the page inside the caller's transaction (see the rules above)."""
+        kept_ids = [self.ids[k] for k in self.kept]
+        read = _PAGE_READ_SQL + (_PAGE_READ_USERS_SQL if user is not None else "")
+        stored: dict[str, tuple[int, int, bool, int | None]] = {}
+        attributed: set[str] = set()
+        shared = False  # another guru has a session with one of these ids
+        for kind, sid, owner, row, us, deleted, fingerprint, user_id in conn.execute(
+            read, {"ids": kept_ids}
+        ).fetchall():
+            if owner == guru and kind == "s":
+                stored[sid] = (row, us, deleted, fingerprint)
+            elif owner == guru and user_id == user:
+                attributed.add(sid)
+            shared = shared or (kind == "s" and owner != guru)
+        by = (
+            {"key": "rowid", "key_type": "BIGINT"}
+            if shared
+            else {"key": "id", "key_type": "VARCHAR"}
+        )
+
+        def keys(positions: list[int]) -> list[Any]:
+            return [stored[self.ids[k]][0] if shared else self.ids[k] for k in positions]
+
+        fingerprints = {
+            k: listing_fingerprint([values[k] for values in self.fields]) for k in self.kept
+        }
+        new: list[int] = []
+        changed: list[int] = []
+        touched: list[int] = []
+        refresh: list[int] = []
+        forward = undelete = False
+        for k in self.kept:
+            if self.ids[k] not in stored:
+                new.append(k)
+                continue
+            _row, us, deleted, fingerprint = stored[self.ids[k]]
+            touched.append(k)
+            moved = self.last_used_us[k] > us
+            if moved or deleted:
+                changed.append(k)
+            forward = forward or moved
+            undelete = undelete or deleted
+            if self.last_used_us[k] >= us and fingerprints[k] != fingerprint:
+                refresh.append(k)
+        common = {"guru": guru, "seen": seen}
+        if new:
+            conn.execute(
+                _PAGE_INSERT_SQL,
+                {
+                    **common,
+                    "id": [self.ids[k] for k in new],
+                    "last_used": [self.last_used[k] for k in new],
+                    **self._params(new),
+                    "date_created": [self.date_created[k] for k in new],
+                    "listing_md5": [fingerprints[k] for k in new],
+                },
+            )
+        if touched:
+            sql = _PAGE_TOUCH_SQL.format(
+                forward=_PAGE_FORWARD if forward else "",
+                undelete=_UNDELETE if undelete else "",
+                **by,
+            )
+            conn.execute(
+                sql,
+                {
+                    "seen": seen,
+                    "key": keys(touched),
+                    "last_used": [self.last_used[k] for k in touched],
+                },
+            )
+        if refresh:
+            conn.execute(
+                _PAGE_REFRESH_SQL.format(**by),
+                {
+                    "key": keys(refresh),
+                    **self._params(refresh),
+                    "listing_md5": [fingerprints[k] for k in refresh],
+                },
+            )
+        self._observe(conn, common, {sid: s[1] for sid, s in stored.items()}, checked=checked)
+        if user is not None:
+            unattributed = [sid for sid in kept_ids if sid not in attributed]
+            if unattributed:
+                conn.execute(_PAGE_ATTRIBUTE_SQL, {**common, "user": user, "id": unattributed})
+        return PageWrite(
+            len(new),
+            len(changed),
+            len(self.kept) - len(new) - len(changed),
+            self._newest_first(new),
+            self._newest_first(changed),
+        )
+
+    def _observe(
+        self,
+        conn: duckdb.DuckDBPyConnection,
+        common: dict[str, Any],
+        stored_us: dict[str, int],
+        *,
+        checked: bool,
+    ) -> None:
+        """Every distinct (id, last_used) of the raw page not equal to the stored value (that
+        one is an observation already: each write records the value it stores)."""
+        values = sorted(
+            {
+                (sid, us): at
+                for sid, us, at in zip(self.ids, self.last_used_us, self.last_used, strict=True)
+                if stored_us.get(sid) != us
+            }.items()
+        )
+        if not values:
+            return
+        params = {
+            **common,
+            "id": [sid for (sid, _us), _at in values],
+            "last_used": [at for _key, at in values],
+        }
+        if checked:
+            conn.execute(_PAGE_OBSERVE_SQL + _IF_NEW, params)
+            return
+        try:
+            conn.execute(_PAGE_OBSERVE_SQL, params)
+        except duckdb.ConstraintException as exc:
+            raise _ObservationsExist from exc
+
+    def _newest_first(self, positions: list[int]) -> tuple[str, ...]:
+        order = sorted(positions, key=lambda k: (-self.last_used_us[k], k))
+        return tuple(self.ids[k] for k in order)
+
+
+# --- bulk loads: the same rules, set-based ----------------------------------------------------
+
+# The frame (deduplicated when an id repeats) classified against what is stored. Only narrow
+# stored columns are read, and the stored row's rowid is kept so the updates below touch those
+# rows directly (stable within the transaction: this Store is the file's only writer).
 _STAGE_SQL = """
 CREATE OR REPLACE TEMP TABLE _ga_stage AS
 SELECT
@@ -593,12 +964,9 @@ SELECT
     coalesce(p.last_used > s.last_used, false) AS forward,
     coalesce(s.deleted, false) AS undelete,
     coalesce(p.last_used >= s.last_used AND p.listing_md5 IS DISTINCT FROM s.listing_md5, false)
-        AS refresh,
-    {attributed} AS attributed
+        AS refresh
 FROM (
-    SELECT id, last_used, guru_type_name, root_question_name, root_question_slug,
-           root_question_link, extra, date_created, _ord,
-           {listing_md5} AS listing_md5
+    SELECT *, {fingerprint} AS listing_md5
     FROM (
         SELECT id, last_used, guru_type_name, root_question_name, root_question_slug,
                root_question_link, extra::JSON AS extra, date_created, _ord
@@ -607,39 +975,28 @@ FROM (
     )
 ) AS p
 LEFT JOIN sessions AS s ON s.guru = $guru AND s.id = p.id
-{users_join}
 """
 _STAGE_DEDUPE = "QUALIFY row_number() OVER (PARTITION BY id ORDER BY last_used DESC, _ord DESC) = 1"
-_STAGE_USERS_JOIN = (
-    "LEFT JOIN session_users AS u ON u.guru = $guru AND u.id = p.id AND u.external_user_id = $user"
-)
 
-# Per-row flags, in page order: new, changed (forward or undeleted), forward, needs the
-# listing columns rewritten, stale (older than stored), not yet attributed to the user.
-_FLAGS = """
-    is_new,
-    NOT is_new AND (forward OR undelete),
-    NOT is_new AND forward,
-    NOT is_new AND (forward OR refresh),
-    NOT is_new AND last_used < stored_last_used,
-    NOT attributed
+# distinct, new, changed (forward or undeleted), listing rewritten, a value to observe
+_STAGE_COUNTS_SQL = """
+SELECT count(*),
+       count(*) FILTER (WHERE is_new),
+       count(*) FILTER (WHERE NOT is_new AND (forward OR undelete)),
+       count(*) FILTER (WHERE NOT is_new AND (forward OR refresh)),
+       count(*) FILTER (WHERE is_new OR last_used IS DISTINCT FROM stored_last_used)
+FROM _ga_stage
 """
-# Pages fetch the flags row by row (30 rows; cheaper than aggregating lists in SQL) because
-# they report ids; bulk loads only count.
-_FLAG_ROWS_SQL = f"SELECT id, {_FLAGS} FROM _ga_stage ORDER BY last_used DESC, _ord"
-_FLAG_COUNTS_SQL = (
-    "SELECT count(*), "
-    + ", ".join(f"count(*) FILTER (WHERE {flag.strip()})" for flag in _FLAGS.strip().split(",\n"))
-    + " FROM _ga_stage"
-)
 
+# Inserted in key order: DuckDB builds the primary-key index of a large insert at commit, and
+# sorted keys make that markedly cheaper than random UUID order.
 _INSERT_NEW_SQL = """
 INSERT INTO sessions (guru, id, last_used, guru_type_name, root_question_name,
                       root_question_slug, root_question_link, extra, first_seen, last_seen,
                       deleted, deleted_at, date_created, listing_md5)
 SELECT $guru, id, last_used, guru_type_name, root_question_name, root_question_slug,
        root_question_link, extra, $seen, $seen, false, NULL, date_created, listing_md5
-FROM _ga_stage WHERE is_new
+FROM _ga_stage WHERE is_new ORDER BY id
 """
 
 # Listing values come from a read at least as new as the stored one; last_used never moves back.
@@ -663,20 +1020,74 @@ FROM _ga_stage AS p
 WHERE sessions.rowid = p.srow AND NOT p.is_new
 """
 
-# Every distinct (id, last_used) of the raw page; a value equal to the stored last_used is
-# already an observation (each write records the value it stores), so it is skipped.
+# Every distinct (id, last_used) of the raw frame (a value equal to the stored last_used is
+# already an observation: each write records the value it stores) and of the events frame,
+# unless stored; in key order, like the sessions above.
 _OBSERVE_SQL = """
 INSERT INTO observations (guru, id, last_used, observed_at)
-SELECT DISTINCT $guru, r.id, r.last_used, $seen
-FROM _ga_rows AS r JOIN _ga_stage AS p ON p.id = r.id
-WHERE r.last_used IS DISTINCT FROM p.stored_last_used
-ON CONFLICT DO NOTHING
+SELECT $guru, id, last_used, $seen
+FROM ({values}) AS v
+WHERE NOT EXISTS (
+    SELECT 1 FROM observations AS o
+    WHERE o.guru = $guru AND o.id = v.id AND o.last_used = v.last_used
+)
+ORDER BY id, last_used
 """
+_OBSERVED_ROWS = """
+SELECT r.id, r.last_used FROM _ga_rows AS r JOIN _ga_stage AS p ON p.id = r.id
+WHERE r.last_used IS DISTINCT FROM p.stored_last_used
+"""
+_OBSERVED_EVENTS = "SELECT id, last_used FROM _ga_obs"
 
 _ATTRIBUTE_SQL = """
 INSERT INTO session_users (guru, id, external_user_id, first_seen)
-SELECT $guru, id, $user, $seen FROM _ga_stage WHERE NOT attributed
-ON CONFLICT DO NOTHING
+SELECT $guru, id, external_user_id, $seen
+FROM (
+    SELECT DISTINCT id, external_user_id FROM _ga_users
+    WHERE external_user_id IS NOT NULL AND external_user_id <> ''
+) AS u
+WHERE NOT EXISTS (
+    SELECT 1 FROM session_users AS s
+    WHERE s.guru = $guru AND s.id = u.id AND s.external_user_id = u.external_user_id
+)
+ORDER BY id, external_user_id
+"""
+
+# --- Get Session answers (write_conversations), set-based per batch ---------------------------
+
+_DELETE_MESSAGES_SQL = """
+DELETE FROM messages WHERE guru = $guru AND session_id IN (SELECT unnest($id::VARCHAR[]))
+"""
+
+_INSERT_MESSAGES_SQL = """
+INSERT INTO messages (guru, session_id, id, slug, parent_slug, question, user_question,
+                      date_created, date_updated, source, trust_score, user_vote, answer,
+                      n_references, extra)
+SELECT $guru, session_id, id, slug, parent_slug, question, user_question, date_created,
+       date_updated, source, trust_score, user_vote, answer, n_references, extra::JSON
+FROM _ga_messages
+"""
+
+_DATE_CREATED_SQL = """
+UPDATE sessions SET date_created = f.at
+FROM (SELECT unnest($id::VARCHAR[]) AS id, unnest($at::TIMESTAMPTZ[]) AS at) AS f
+WHERE sessions.guru = $guru AND sessions.id = f.id
+"""
+
+_MARK_NOT_FOUND_SQL = """
+UPDATE sessions SET deleted = true, deleted_at = f.at
+FROM (SELECT unnest($id::VARCHAR[]) AS id, unnest($at::TIMESTAMPTZ[]) AS at) AS f
+WHERE sessions.guru = $guru AND sessions.id = f.id AND NOT sessions.deleted
+"""
+
+_RECORD_FETCHES_SQL = """
+INSERT INTO message_fetches (guru, session_id, fetched_last_used, fetched_at, status)
+SELECT $guru, unnest($id::VARCHAR[]), unnest($last_used::TIMESTAMPTZ[]),
+       unnest($at::TIMESTAMPTZ[]), unnest($status::VARCHAR[])
+ON CONFLICT (guru, session_id) DO UPDATE SET
+    fetched_last_used = excluded.fetched_last_used,
+    fetched_at = excluded.fetched_at,
+    status = excluded.status
 """
 
 # Pending = no fetch at least as new as the session's last_used. Written as NOT EXISTS: the
@@ -1136,73 +1547,44 @@ class Store:
         _require(rows, LISTING_COLUMNS, "rows")
         if rows.empty:
             return PageWrite(0, 0, 0)
-        page = _listing_frame(rows, "rows")
-        what = f"writing a page of {len(page)} sessions for guru {guru!r}"
-        with self._transaction(what, {"_ga_rows": page}) as conn:
-            write, _obs, _users = self._upsert(
-                conn,
-                guru,
-                len(page),
-                seen,
-                dedupe=not page["id"].is_unique,
-                user=user,
-                want_ids=True,
-            )
-        return write
+        page = _PageRows.from_frame(rows, "rows")
+        what = f"writing a page of {len(rows)} sessions for guru {guru!r}"
+        try:
+            with self._transaction(what) as conn:
+                return page.write(conn, guru, seen, user, checked=False)
+        except _ObservationsExist:
+            with self._transaction(what) as conn:
+                return page.write(conn, guru, seen, user, checked=True)
 
     def _upsert(
         self,
         conn: duckdb.DuckDBPyConnection,
         guru: str,
-        n_rows: int,
         seen: datetime,
         *,
         dedupe: bool,
-        user: str | None,
-        want_ids: bool,
-        bulk: bool = False,
-        with_date_created: bool = False,
-    ) -> tuple[PageWrite, int, int]:
-        """The shared write path over the registered ``_ga_rows``; statements that would
-        change nothing are skipped (each costs milliseconds even for 30 rows)."""
+        with_date_created: bool,
+    ) -> tuple[PageWrite, bool]:
+        """The sessions part of a bulk load over the registered ``_ga_rows``, leaving the
+        classified ``_ga_stage`` behind; statements that would change nothing are skipped.
+        Returns the session counts and whether any row needs an observation."""
         stage = _STAGE_SQL.format(
-            attributed="u.id IS NOT NULL" if user is not None else "true",
-            listing_md5=LISTING_MD5_SQL,
-            dedupe=_STAGE_DEDUPE if dedupe else "",
-            users_join=_STAGE_USERS_JOIN if user is not None else "",
+            fingerprint=LISTING_FINGERPRINT_SQL, dedupe=_STAGE_DEDUPE if dedupe else ""
         )
-        conn.execute(stage, {"guru": guru, "user": user} if user is not None else {"guru": guru})
-        new_ids: tuple[str, ...] = ()
-        changed_ids: tuple[str, ...] = ()
-        if want_ids:
-            flags = conn.execute(_FLAG_ROWS_SQL).fetchall()
-            new_ids = tuple(r[0] for r in flags if r[1])
-            changed_ids = tuple(r[0] for r in flags if r[2])
-            counts = [len(flags), *(sum(1 for r in flags if r[k]) for k in range(1, 7))]
-        else:
-            row = _first(conn.execute(_FLAG_COUNTS_SQL))
-            assert row is not None
-            counts = [int(v) for v in row]
-        distinct, new, changed, forward, refresh, stale, unattributed = counts
-        gs = {"guru": guru, "seen": seen}
+        conn.execute(stage, {"guru": guru})
+        row = _first(conn.execute(_STAGE_COUNTS_SQL))
+        assert row is not None
+        distinct, new, changed, rewrite, observe = (int(v) for v in row)
         if new:
-            conn.execute(_INSERT_NEW_SQL, gs)
-        if refresh:
+            conn.execute(_INSERT_NEW_SQL, {"guru": guru, "seen": seen})
+        if rewrite:
             conn.execute(_REFRESH_SQL)
         if distinct - new:
             extra_set = ", date_created = coalesce(p.date_created, sessions.date_created)"
             touch = _TOUCH_SQL.format(date_created=extra_set if with_date_created else "")
             conn.execute(touch, {"seen": seen})
-        observations = 0
-        if new or forward or stale or n_rows > distinct:
-            observations = _count(conn.execute(_OBSERVE_SQL, gs))
-        users = 0
-        if user is not None and unattributed:
-            users = _count(conn.execute(_ATTRIBUTE_SQL, {**gs, "user": user}))
-        if bulk:
-            conn.execute("DROP TABLE _ga_stage")
-        write = PageWrite(new, changed, distinct - new - changed, new_ids, changed_ids)
-        return write, observations, users
+        # a repeated id may carry values other than its winning row's: observe those too
+        return PageWrite(new, changed, distinct - new - changed), bool(observe) or dedupe
 
     def load_frame(
         self,
@@ -1252,40 +1634,28 @@ class Store:
             )
         frames = {"_ga_rows": page, "_ga_obs": observations, "_ga_users": users}
         what = f"loading {len(page)} sessions for guru {guru!r}"
+        gs = {"guru": guru, "seen": seen}
         with self._transaction(what, frames) as conn:
             write, observed, attributed = PageWrite(0, 0, 0), 0, 0
+            values = []
             if len(page):
-                write, observed, attributed = self._upsert(
+                write, observe = self._upsert(
                     conn,
                     guru,
-                    len(page),
                     seen,
                     dedupe=not page["id"].is_unique,
-                    user=None,
-                    want_ids=False,
-                    bulk=True,
                     with_date_created=bool(page["date_created"].notna().any()),
                 )
-            gs = {"guru": guru, "seen": seen}
+                values += [_OBSERVED_ROWS] if observe else []
             if observations is not None and len(observations):
-                observed += _count(
-                    conn.execute(
-                        "INSERT INTO observations (guru, id, last_used, observed_at) "
-                        "SELECT DISTINCT $guru, id, last_used, $seen FROM _ga_obs "
-                        "ON CONFLICT DO NOTHING",
-                        gs,
-                    )
-                )
+                values.append(_OBSERVED_EVENTS)
+            if values:
+                sql = _OBSERVE_SQL.format(values=" UNION ".join(values))
+                observed = _count(conn.execute(sql, gs))
+            if len(page):
+                conn.execute("DROP TABLE _ga_stage")
             if users is not None and len(users):
-                attributed += _count(
-                    conn.execute(
-                        "INSERT INTO session_users (guru, id, external_user_id, first_seen) "
-                        "SELECT DISTINCT $guru, id, external_user_id, $seen FROM _ga_users "
-                        "WHERE external_user_id IS NOT NULL AND external_user_id <> '' "
-                        "ON CONFLICT DO NOTHING",
-                        gs,
-                    )
-                )
+                attributed = _count(conn.execute(_ATTRIBUTE_SQL, gs))
         return LoadResult(write.new, write.changed, write.unchanged, observed, attributed)
 
     # --- runs and sync state --------------------------------------------------------------
@@ -1515,6 +1885,7 @@ class Store:
         else the first message's). ``'not_found'`` (404) keeps stored messages and marks the
         session deleted. Either way the fetch is recorded, so the session leaves
         ``pending_message_fetches`` until its ``last_used`` passes ``fetched_last_used``.
+        ``write_conversations`` stores many answers in one transaction (far cheaper each).
         """
         _check_guru(guru)
         if not isinstance(session_id, str) or not session_id:
@@ -1523,55 +1894,121 @@ class Store:
             raise ConfigError(
                 f"fetch status {status!r} is not valid: use {' or '.join(FETCH_STATUSES)}"
             )
-        fetched_lu = _opt_utc(fetched_last_used, "fetched_last_used")
-        fetched = _utc(fetched_at, "fetched_at")
-        created = _opt_utc(date_created, "date_created")
-        frame: pd.DataFrame | None = None
+        fetch = _Fetches(
+            [session_id],
+            [status],
+            [_opt_utc(fetched_last_used, "fetched_last_used")],
+            [_utc(fetched_at, "fetched_at")],
+            [_opt_utc(date_created, "date_created")],
+        )
+        frame = None
         if status == "ok":
             if messages is None:
                 raise ConfigError(
                     "messages is None for status 'ok': pass the session's messages frame"
                 )
-            frame = _message_frame(messages)
-            if created is None and len(frame):
-                created = _py_utc(frame["date_created"].min())
+            _require(messages, ("id", "date_created"), "messages")
+            frame = _message_frame(messages.assign(session_id=session_id), session_ids=True)
         elif messages is not None and len(messages):
             raise ConfigError(
                 "status 'not_found' comes with no messages: pass None or an empty frame"
             )
-        key = [guru, session_id]
-        what = f"storing the messages of session {session_id} of {guru!r}"
-        with self._transaction(what, {"_ga_messages": frame}) as conn:
-            if frame is not None:
-                conn.execute("DELETE FROM messages WHERE guru = ? AND session_id = ?", key)
-                if len(frame):
-                    conn.execute(
-                        "INSERT INTO messages (guru, session_id, id, slug, parent_slug, question, "
-                        "user_question, date_created, date_updated, source, trust_score, user_vote, "
-                        "answer, n_references, extra) SELECT ?, ?, id, slug, parent_slug, question, "
-                        "user_question, date_created, date_updated, source, trust_score, user_vote, "
-                        "answer, n_references, extra::JSON FROM _ga_messages",
-                        key,
-                    )
-                if created is not None:
-                    conn.execute(
-                        "UPDATE sessions SET date_created = ? WHERE guru = ? AND id = ?",
-                        [created, *key],
-                    )
-            else:
+        return self._write_conversations(guru, fetch, frame)
+
+    def write_conversations(
+        self, guru: str, fetches: pd.DataFrame, messages: pd.DataFrame | None
+    ) -> int:
+        """Store many Get Session answers in one transaction; returns the messages stored.
+
+        ``fetches``: one row per session with ``session_id``, ``status`` (``'ok'`` or
+        ``'not_found'``), ``fetched_at`` and optionally ``fetched_last_used`` (the answer's
+        ``last_used``) and ``date_created``. ``messages``: the messages of the ``'ok'``
+        sessions, ``session_id`` plus the ``write_messages`` columns (an ``'ok'`` session
+        without rows has no messages; None only when no session is ``'ok'``). Each session
+        gets exactly what ``write_messages`` would do for it; all of them or none are stored.
+        """
+        _check_guru(guru)
+        fetch = _Fetches.from_frame(fetches)
+        frame = None if messages is None else _message_frame(messages, session_ids=True)
+        ok = {
+            sid
+            for sid, status in zip(fetch.session_id, fetch.status, strict=True)
+            if status == "ok"
+        }
+        if frame is None and ok:
+            raise ConfigError(
+                "messages is None but some fetches have status 'ok': pass their messages "
+                "(an empty frame if they have none)"
+            )
+        if frame is not None and len(frame):
+            stray = set(frame["session_id"]) - ok
+            if stray & set(fetch.session_id):
+                raise ConfigError(
+                    "status 'not_found' comes with no messages: pass messages only for 'ok' "
+                    "sessions"
+                )
+            if stray:
+                raise ConfigError(
+                    f"messages of session(s) {', '.join(sorted(stray)[:5])} have no fetches "
+                    "row: add one row per session to fetches"
+                )
+        return self._write_conversations(guru, fetch, frame)
+
+    def _write_conversations(self, guru: str, fetch: _Fetches, frame: pd.DataFrame | None) -> int:
+        """The transaction behind ``write_messages`` and ``write_conversations`` (validated
+        input). Sessions are matched on (guru, id) with plain joins: a scan of the narrow key
+        columns once per batch, which stays cheap next to one Get Session request each."""
+        if not fetch.session_id:
+            return 0
+        stored = 0 if frame is None else len(frame)
+        first: dict[str, datetime] = {}  # each session's first message
+        if stored and frame is not None:
+            for sid, at in zip(
+                frame["session_id"].tolist(),
+                frame["date_created"].array.to_pydatetime(),
+                strict=True,
+            ):
+                if sid not in first or at < first[sid]:
+                    first[sid] = at
+        created = {  # the one given, else the first message's
+            sid: given if given is not None else first.get(sid)
+            for sid, given in zip(fetch.session_id, fetch.date_created, strict=True)
+        }
+        ok = [k for k, status in enumerate(fetch.status) if status == "ok"]
+        gone = [k for k, status in enumerate(fetch.status) if status != "ok"]
+        dated = [k for k in ok if created[fetch.session_id[k]] is not None]
+        what = f"storing the messages of {len(fetch.session_id)} session(s) of {guru!r}"
+        g = {"guru": guru}
+        with self._transaction(what, {"_ga_messages": frame if stored else None}) as conn:
+            if ok:
+                conn.execute(_DELETE_MESSAGES_SQL, {**g, "id": [fetch.session_id[k] for k in ok]})
+            if stored:
+                conn.execute(_INSERT_MESSAGES_SQL, g)
+            if dated:
+                sids = [fetch.session_id[k] for k in dated]
                 conn.execute(
-                    "UPDATE sessions SET deleted = true, deleted_at = ? "
-                    "WHERE guru = ? AND id = ? AND NOT deleted",
-                    [fetched, *key],
+                    _DATE_CREATED_SQL, {**g, "id": sids, "at": [created[sid] for sid in sids]}
+                )
+            if gone:
+                conn.execute(
+                    _MARK_NOT_FOUND_SQL,
+                    {
+                        **g,
+                        "id": [fetch.session_id[k] for k in gone],
+                        "at": [fetch.fetched_at[k] for k in gone],
+                    },
                 )
             conn.execute(
-                "INSERT INTO message_fetches (guru, session_id, fetched_last_used, fetched_at, status) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (guru, session_id) DO UPDATE SET "
-                "fetched_last_used = excluded.fetched_last_used, fetched_at = excluded.fetched_at, "
-                "status = excluded.status",
-                [*key, fetched_lu, fetched, status],
+                _RECORD_FETCHES_SQL,
+                {
+                    **g,
+                    "id": fetch.session_id,
+                    "last_used": fetch.fetched_last_used,
+                    "at": fetch.fetched_at,
+                    "status": fetch.status,
+                },
             )
-        return 0 if frame is None else len(frame)
+        return stored
 
     def pending_message_fetches(self, guru: str, limit: int | None = None) -> pd.DataFrame:
         """Non-deleted sessions whose messages were never fetched or are older than their

@@ -42,7 +42,7 @@ from .store import LISTING_COLUMNS, MESSAGE_COLUMNS
 from .timestamps import utc_now
 
 if TYPE_CHECKING:
-    from .client import Conversation, GurubaseClient, Page
+    from .client import Conversation, GurubaseClient, Message, Page
     from .store import Store
 
 _log = logging.getLogger("guru_analytics.sync")
@@ -53,6 +53,11 @@ DEFAULT_VERIFY_BUDGET = 20
 DEFAULT_MAX_TOP_UPS = 5
 # Pending message fetches are read from the cache this many at a time.
 MESSAGE_CHUNK = 500
+# Get Session answers are written this many to a transaction: a transaction costs milliseconds
+# whatever its size, so one per answer dominated a fast (local or lightly limited) messages
+# phase. Answers are also written before any wait that releases the cache file and when the
+# phase ends or fails, so a kill loses at most this many (they stay pending, fetched again).
+MESSAGE_BATCH = 50
 
 
 # --- the summary ----------------------------------------------------------------------------
@@ -226,6 +231,7 @@ class _Syncer:
         self.max_top_ups = max_top_ups
         self.base = _counters(client)
         self.chained_hook: Callable[[float], None] | None = None
+        self.answers = _Answers(store, guru)
 
     # --- bookkeeping ---
 
@@ -235,8 +241,10 @@ class _Syncer:
         s.requests, s.throttled, s.retries = (now[i] - self.base[i] for i in range(3))
 
     def before_wait(self, seconds: float) -> None:
-        """Limiter hook: release the cache file before a long wait; show the wait."""
+        """Limiter hook: write buffered answers and release the cache file before a long
+        wait; show the wait."""
         if seconds > RELEASE_BEFORE_WAIT:
+            self.answers.flush()
             self.store.release()
         if self.bar is not None:
             self.bar.set_postfix_str(self._postfix(f"waiting {seconds:.1f} s"), refresh=True)
@@ -461,10 +469,26 @@ class _Syncer:
         self.summary.messages_remaining = self.store.count_pending(self.guru)
 
     def _fetch_pending(self, max_requests: int | None) -> None:
+        try:
+            self._fetch_loop(max_requests)
+        except BaseException:
+            self._flush_after_error()
+            raise
+        self.answers.flush()
+
+    def _flush_after_error(self) -> None:
+        """Keep what was fetched when the phase fails; the first error is the one raised."""
+        try:
+            self.answers.flush()
+        except GuruAnalyticsError as exc:
+            _log.warning("could not store fetched messages after an error: %s", exc)
+
+    def _fetch_loop(self, max_requests: int | None) -> None:
         start = _counters(self.client)[0]
         tried: set[str] = set()
         stuck = 0  # tried this run yet still pending (the server's last_used lags the list)
         while True:
+            self.answers.flush()  # written answers are no longer pending
             limit = MESSAGE_CHUNK + stuck
             batch = self.store.pending_message_fetches(self.guru, limit=limit)
             fresh = [r for r in batch.itertuples(index=False) if str(r.id) not in tried]
@@ -481,16 +505,11 @@ class _Syncer:
                 try:
                     conv = self.client.get_session(sid)
                 except NotFoundError:
-                    self.store.write_messages(
-                        self.guru,
-                        sid,
-                        None,
-                        fetched_last_used=_to_datetime(row.last_used),
-                        fetched_at=self.clock(),
-                        status="not_found",
-                    )
+                    self.answers.add(sid, None, _to_datetime(row.last_used), self.clock())
                 else:
-                    self._store_conversation(sid, conv)
+                    self.answers.add(sid, conv, conv.last_used, self.clock())
+                if len(self.answers) >= MESSAGE_BATCH:
+                    self.answers.flush()
                 self.summary.messages_fetched += 1
                 self.tick(f"{self.guru} messages")
 
@@ -549,8 +568,14 @@ def listing_frame(sessions: Sequence[Any]) -> pd.DataFrame:
 def message_frame(conv: Conversation | None) -> pd.DataFrame:
     """The store's messages frame for one Get Session answer (empty for None)."""
     msgs = conv.messages if conv is not None else []
+    return _messages_frame(msgs).drop(columns="session_id")
+
+
+def _messages_frame(msgs: Sequence[Message], session_ids: Sequence[str] = ()) -> pd.DataFrame:
+    """Messages of one or more answers as the store's frame, ``session_id`` first."""
     frame = pd.DataFrame(
         {
+            "session_id": pd.Series(session_ids or [""] * len(msgs), dtype="str"),
             "id": pd.Series([m.id for m in msgs], dtype="str"),
             "slug": pd.Series([m.slug for m in msgs], dtype="object"),
             "parent_slug": pd.Series([m.parent_slug for m in msgs], dtype="object"),
@@ -572,9 +597,61 @@ def message_frame(conv: Conversation | None) -> pd.DataFrame:
                 dtype="object",
             ),
         },
-        columns=list(MESSAGE_COLUMNS),
+        columns=["session_id", *MESSAGE_COLUMNS],
     )
     return frame
+
+
+class _Answers:
+    """Get Session answers fetched but not yet written (see ``MESSAGE_BATCH``)."""
+
+    def __init__(self, store: Store, guru: str) -> None:
+        self.store = store
+        self.guru = guru
+        self._fetches: list[tuple[str, str, datetime, datetime, datetime | None]] = []
+        self._messages: list[Message] = []
+        self._message_sessions: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self._fetches)
+
+    def add(
+        self,
+        sid: str,
+        conv: Conversation | None,
+        fetched_last_used: datetime,
+        fetched_at: datetime,
+    ) -> None:
+        """Buffer one answer: ``conv`` None is a 404 (the session is gone upstream)."""
+        if conv is None:
+            self._fetches.append((sid, "not_found", fetched_last_used, fetched_at, None))
+            return
+        self._fetches.append((sid, "ok", fetched_last_used, fetched_at, conv.date_created))
+        self._messages.extend(conv.messages)
+        self._message_sessions.extend([sid] * len(conv.messages))
+
+    def flush(self) -> None:
+        """Write the buffered answers in one transaction. The buffer is emptied first: answers
+        a failed write loses stay pending in the cache and are fetched again."""
+        if not self._fetches:
+            return
+        fetches, msgs, sessions = self._fetches, self._messages, self._message_sessions
+        self._fetches, self._messages, self._message_sessions = [], [], []
+        sid, status, last_used, at, created = zip(*fetches, strict=True)
+        frame = pd.DataFrame(
+            {
+                "session_id": pd.Series(sid, dtype="str"),
+                "status": pd.Series(status, dtype="str"),
+                "fetched_last_used": _utc_times(last_used),
+                "fetched_at": _utc_times(at),
+                "date_created": _utc_times(created),
+            }
+        )
+        self.store.write_conversations(self.guru, frame, _messages_frame(msgs, sessions))
+
+
+def _utc_times(values: Sequence[datetime | None]) -> pd.Series:
+    return pd.to_datetime(pd.Series(values, dtype="object"), utc=True)
 
 
 # --- entry points ---------------------------------------------------------------------------

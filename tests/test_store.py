@@ -15,15 +15,23 @@ import textwrap
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+import requests
+from sync_fixtures import client_for, demo_server, get_requests, run
 
 from guru_analytics.errors import CacheError, CacheLockedError, CacheSchemaError, ConfigError
+from guru_analytics.server import LocalGurubase
 from guru_analytics.store import (
+    _PAGE_READ_SQL,  # the page statements, checked for their index use
+    _PAGE_READ_USERS_SQL,
+    _PAGE_TOUCH_SQL,
     LISTING_COLUMNS,
+    LISTING_FINGERPRINT_SQL,
     MIGRATIONS,
     SCHEMA_V1,
     SCHEMA_VERSION,
@@ -31,6 +39,7 @@ from guru_analytics.store import (
     Store,
     SyncState,
     default_cache_path,
+    listing_fingerprint,
 )
 
 T0 = datetime(2025, 7, 1, 12, 0, tzinfo=UTC)
@@ -536,10 +545,10 @@ def test_v1_cache_is_upgraded_in_place_with_its_data(tmp_path: Path) -> None:
     path = tmp_path / "old.duckdb"
     _v1_cache(path)
     store = Store(path)
-    assert store.schema_version == SCHEMA_VERSION == 2
+    assert store.schema_version == SCHEMA_VERSION == 3
     with store.reader() as conn:
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() == [
-            ("2",)
+            ("3",)
         ]
         md5 = conn.execute("SELECT listing_md5 FROM sessions").fetchall()[0][0]
     assert md5 is not None  # backfilled
@@ -566,24 +575,24 @@ def test_injected_future_migration_runs_once_and_keeps_data(tmp_path: Path) -> N
     def backfill(conn: duckdb.DuckDBPyConnection) -> None:
         conn.execute("UPDATE sessions SET note = 'seen ' || id")
 
-    v3 = (3, "ALTER TABLE sessions ADD COLUMN note VARCHAR")
-    v4 = (4, backfill)
-    with Store(path, migrations=[*MIGRATIONS, v3, v4]) as store:
-        assert store.schema_version == 4
+    v4 = (4, "ALTER TABLE sessions ADD COLUMN note VARCHAR")
+    v5 = (5, backfill)
+    with Store(path, migrations=[*MIGRATIONS, v4, v5]) as store:
+        assert store.schema_version == 5
         with store.reader() as conn:
             notes = conn.execute("SELECT id, note FROM sessions ORDER BY id").fetchall()
             version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchall()
         assert notes == [("a", "seen a"), ("b", "seen b")]
-        assert version == [("4",)]
+        assert version == [("5",)]
         assert store.write_page(G, listing(("c", at(5))), at(6)).new == 1
     # Opening again with the same steps does not re-run them (the column exists already).
-    with Store(path, migrations=[*MIGRATIONS, v3, v4]) as store:
+    with Store(path, migrations=[*MIGRATIONS, v4, v5]) as store:
         assert len(sessions_table(store)) == 3
 
 
 def test_newer_cache_is_refused_and_failed_upgrade_rolls_back(tmp_path: Path) -> None:
     path = tmp_path / "c.duckdb"
-    with Store(path, migrations=[*MIGRATIONS, (3, "SELECT 1")]) as store:
+    with Store(path, migrations=[*MIGRATIONS, (4, "SELECT 1")]) as store:
         store.write_page(G, listing(("a", at(1))), at(2))
     with pytest.raises(CacheSchemaError, match="newer guru_analytics.*upgrade the package"):
         Store(path)
@@ -591,8 +600,8 @@ def test_newer_cache_is_refused_and_failed_upgrade_rolls_back(tmp_path: Path) ->
     other = tmp_path / "d.duckdb"
     with Store(other) as store:
         store.write_page(G, listing(("a", at(1))), at(2))
-    broken = (3, "ALTER TABLE sessions ADD COLUMN note VARCHAR; SELECT * FROM no_such_table")
-    with pytest.raises(CacheSchemaError, match="rolled back to version 2"):
+    broken = (4, "ALTER TABLE sessions ADD COLUMN note VARCHAR; SELECT * FROM no_such_table")
+    with pytest.raises(CacheSchemaError, match="rolled back to version 3"):
         Store(other, migrations=[*MIGRATIONS, broken])
     with Store(other) as store:
         assert "note" not in sessions_table(store).columns
@@ -1005,3 +1014,400 @@ def test_load_frame_with_events_users_and_dates(store: Store) -> None:
     assert row(sessions_table(store), "b")["last_seen"] == at(50)
     with pytest.raises(ConfigError, match="time column"):
         store.load_frame(G, sessions, pd.DataFrame({"id": ["a"]}))
+
+
+def test_every_value_of_a_repeated_id_is_observed_in_both_paths(tmp_path: Path) -> None:
+    # The winning row of 'a' equals the stored value; its older repeat is still history.
+    for write in ("page", "load"):
+        with Store(tmp_path / f"{write}.duckdb") as store:
+            store.write_page(G, listing(("a", at(9))), at(10))
+            again = listing(("a", at(4)), ("a", at(9)))
+            if write == "page":
+                assert store.write_page(G, again, at(20)) == PageWrite(0, 0, 1)
+            else:
+                assert store.load_frame(G, again, seen_at=at(20)).observations_added == 1
+            assert observations(store) == [("a", at(4), at(20)), ("a", at(9), at(10))]
+
+
+# --- page writes: index lookups, fingerprints, agreement with the bulk path -------------------
+
+FINGERPRINT_CASES = [
+    ("Demo", "How do I?", "how-do-i", "https://gurubase.io/g/demo/a", None),
+    (None, "", "é 🎉", "a|b:c", '{"b": 1,   "a":2}'),
+    ("tab\there", "nl\nx\x00zero", None, "", "[]"),
+    ("ab", "c", None, None, None),
+    ("a", "bc", None, None, None),  # no field runs into the next
+    ("", None, None, None, None),
+    (None, "", None, None, None),  # NULL stays apart from ''
+    ("S3:abc", "N", "|", ":", '  {"s":  "\\u00e9"}  '),  # JSON text is kept verbatim
+]
+
+
+def test_listing_fingerprint_is_the_same_in_python_and_sql() -> None:
+    frame = pd.DataFrame(FINGERPRINT_CASES, columns=list(LISTING_COLUMNS[2:])).astype(object)
+    frame["n"] = range(len(frame))
+    con = duckdb.connect()
+    con.register("cases", frame)
+    got = con.execute(
+        f"SELECT {LISTING_FINGERPRINT_SQL} FROM (SELECT * REPLACE (extra::JSON AS extra) "
+        "FROM cases) ORDER BY n"
+    ).fetchall()
+    con.close()
+    expected = [listing_fingerprint(case) for case in FINGERPRINT_CASES]
+    assert [v for (v,) in got] == expected
+    assert len(set(expected)) == len(FINGERPRINT_CASES)
+    assert all(0 <= v < 2**64 for v in expected)
+
+
+def test_page_lookups_use_the_id_indexes_in_a_shared_cache(store: Store) -> None:
+    # DuckDB 2.0.1 never index-scans the (guru, id) primary key, and a guru condition next to
+    # the id one makes it scan the whole table: with two gurus in the file (so statistics
+    # cannot drop the guru condition), the page read must still be two index scans.
+    others = pd.DataFrame(
+        {
+            "id": [f"o{i}" for i in range(3000)],
+            "last_used": pd.to_datetime([at(1)] * 3000, utc=True),
+        }
+    )
+    store.load_frame("other", others, seen_at=at(2))
+    store.write_page(G, listing(("a", at(1)), ("o7", at(2))), at(3), external_user_id="alice")
+    touch = _PAGE_TOUCH_SQL.format(forward="", undelete="", key="id", key_type="VARCHAR")
+    with store.writer() as conn:
+        read_plan = conn.execute(
+            "EXPLAIN ANALYZE " + _PAGE_READ_SQL + _PAGE_READ_USERS_SQL, {"ids": ["a", "o7", "zz"]}
+        ).fetchall()[0][1]
+        conn.execute("BEGIN TRANSACTION")
+        touch_plan = conn.execute(
+            "EXPLAIN ANALYZE " + touch, {"seen": at(9), "key": ["a"], "last_used": [at(1)]}
+        ).fetchall()[0][1]
+        conn.execute("ROLLBACK")
+    assert read_plan.count("Index Scan") == 2 and "Sequential Scan" not in read_plan
+    assert touch_plan.count("Index Scan") == 1 and "Sequential Scan" not in touch_plan
+    # o7 of the other guru is a different session: G's o7 is new, the other one untouched
+    table = sessions_table(store, "other")
+    assert row(table, "o7")["last_seen"] == at(2)
+    assert list(sessions_table(store)["id"]) == ["a", "o7"]
+
+
+def _messy_history(seed: int) -> list[tuple[str, pd.DataFrame, datetime, str | None]]:
+    """Pages as a sync meets them over time: ids repeating within a page, values moving
+    forward and (stale reads) back, titles edited, JSON extras, two gurus sharing ids."""
+    rng = np.random.default_rng(seed)
+    steps = []
+    for step in range(36):
+        rows = []
+        for i in rng.choice(40, 30):
+            extra = [None, '{"pinned": true}', '{"pinned": false}'][int(rng.integers(0, 3))]
+            title = f"Question {i} v{int(rng.integers(0, 2))}?"
+            rows.append((f"s{i}", at(int(rng.integers(0, 200))), title, extra))
+        guru = "zeta" if step % 5 == 4 else G
+        user = f"u{step % 4}" if step % 3 == 0 else None
+        steps.append((guru, listing(*rows), at(1000 + step), user))
+    return steps
+
+
+def test_page_writes_and_bulk_loads_agree_on_a_messy_history(tmp_path: Path) -> None:
+    by_page = Store(tmp_path / "pages.duckdb")
+    by_load = Store(tmp_path / "load.duckdb")
+    totals = np.zeros(3, dtype=int)
+    for step, (guru, page, seen, user) in enumerate(_messy_history(5)):
+        paged = by_page.write_page(guru, page, seen, external_user_id=user)
+        users = None if user is None else pd.DataFrame({"id": page["id"], "external_user_id": user})
+        loaded = by_load.load_frame(guru, page, users_df=users, seen_at=seen)
+        counts = (paged.new, paged.changed, paged.unchanged)
+        assert counts == (loaded.sessions_new, loaded.sessions_changed, loaded.sessions_unchanged)
+        totals += counts
+        if step % 7 == 6:  # some sessions disappear and come back later
+            for target in (by_page, by_load):
+                target.mark_deleted(guru, ["s1", "s2", "s3", "s4"], seen)
+    assert totals[0] > 40 and totals[1] > 20 and totals[2] > 100  # every kind happened
+    queries = {
+        "sessions": "SELECT *, listing_md5 FROM sessions ORDER BY guru, id",
+        "observations": "SELECT * FROM observations ORDER BY guru, id, last_used",
+        "session_users": "SELECT * FROM session_users ORDER BY guru, id, external_user_id",
+    }
+    for name, sql in queries.items():
+        with by_page.reader() as a, by_load.reader() as b:
+            left, right = a.execute(sql).df(), b.execute(sql).df()
+        assert len(left) > 0
+        pd.testing.assert_frame_equal(left, right, obj=name)
+    with by_page.reader() as conn:
+        stale = conn.execute(
+            "SELECT count(*) FROM observations o JOIN sessions s USING (guru, id) "
+            "WHERE o.last_used < s.last_used"
+        ).fetchall()[0][0]
+        edited = conn.execute(
+            "SELECT count(*) FROM sessions WHERE root_question_name LIKE '%v1?'"
+        ).fetchall()[0][0]
+    assert stale > 0 and edited > 0
+    by_page.close()
+    by_load.close()
+
+
+def test_page_write_copes_with_observations_a_bulk_load_put_ahead(store: Store) -> None:
+    # Events past a session's last_used, and for a session not loaded at all: the page's
+    # plain observations insert meets them and the page is written again, checked.
+    sessions = pd.DataFrame({"id": ["a"], "last_used": pd.to_datetime([at(10)], utc=True)})
+    events = pd.DataFrame(
+        {"id": ["a", "a", "b"], "ts": pd.to_datetime([at(10), at(20), at(5)], utc=True)}
+    )
+    store.load_frame(G, sessions, events, seen_at=at(30))
+    result = store.write_page(
+        G, listing(("a", at(20)), ("b", at(5)), ("c", at(7))), at(40), external_user_id="u"
+    )
+    assert result == PageWrite(2, 1, 0, ("c", "b"), ("a",))
+    assert observations(store) == [
+        ("a", at(10), at(30)),
+        ("a", at(20), at(30)),  # kept as the load observed it
+        ("b", at(5), at(30)),
+        ("c", at(7), at(40)),
+    ]
+    table = sessions_table(store)
+    assert list(table["id"]) == ["a", "b", "c"] and row(table, "a")["last_used"] == at(20)
+    assert store.summary(G)["users"] == 1
+    with store.reader() as conn:
+        assert conn.execute("SELECT count(*) FROM session_users").fetchall() == [(3,)]
+
+
+def test_schema_3_indexes_and_refingerprints_a_schema_2_cache(tmp_path: Path) -> None:
+    path = tmp_path / "v2.duckdb"
+    with Store(path, migrations=MIGRATIONS[:2]) as old:
+        old.write_page(G, listing(("a", at(1), "Q?", '{"x": 1}'), ("b", at(2))), at(3))
+    with Store(path) as store:
+        with store.reader() as conn:
+            indexes = conn.execute(
+                "SELECT table_name, expressions FROM duckdb_indexes() ORDER BY table_name"
+            ).fetchall()
+            stored = conn.execute(
+                "SELECT guru_type_name, root_question_name, root_question_slug, "
+                "root_question_link, extra::VARCHAR, listing_md5 FROM sessions ORDER BY id"
+            ).fetchall()
+        assert indexes == [("session_users", "[id]"), ("sessions", "[id]")]
+        assert [r[5] for r in stored] == [listing_fingerprint(r[:5]) for r in stored]
+        again = listing(("a", at(1), "Q?", '{"x": 1}'), ("b", at(2)))
+        assert store.write_page(G, again, at(4)) == PageWrite(0, 0, 2)
+
+
+# --- Get Session answers in batches -------------------------------------------------------------
+
+
+def _fetches(*rows: tuple[str, str, datetime | None, datetime | None]) -> pd.DataFrame:
+    """(session_id, status, fetched_last_used, date_created) rows, all fetched at at(100)."""
+    return pd.DataFrame(
+        {
+            "session_id": [r[0] for r in rows],
+            "status": [r[1] for r in rows],
+            "fetched_last_used": pd.to_datetime([r[2] for r in rows], utc=True),
+            "fetched_at": pd.to_datetime([at(100)] * len(rows), utc=True),
+            "date_created": pd.to_datetime([r[3] for r in rows], utc=True),
+        }
+    )
+
+
+def _batch_messages(**by_session: pd.DataFrame) -> pd.DataFrame:
+    frames = [frame.assign(session_id=sid) for sid, frame in by_session.items()]
+    return pd.concat(frames, ignore_index=True) if frames else _no_messages().assign(session_id="")
+
+
+def _no_messages() -> pd.DataFrame:
+    return messages_frame(("0", at(0), "USER")).iloc[:0]
+
+
+def _message_tables(store: Store) -> dict[str, pd.DataFrame]:
+    with store.reader() as conn:
+        return {
+            "messages": conn.execute("SELECT * FROM messages ORDER BY session_id, id").df(),
+            "message_fetches": conn.execute(
+                "SELECT * FROM message_fetches ORDER BY session_id"
+            ).df(),
+            "sessions": conn.execute(
+                "SELECT id, deleted, deleted_at, date_created FROM sessions ORDER BY id"
+            ).df(),
+        }
+
+
+def test_write_conversations_matches_one_write_messages_per_session(tmp_path: Path) -> None:
+    page = listing(("a", at(10)), ("b", at(20)), ("c", at(30)), ("d", at(40)))
+    a_msgs = messages_frame(("1", at(5), "USER"), ("2", at(9), "API"))
+    c_msgs = messages_frame(("1", at(25), "SLACK"))
+    one, many = Store(tmp_path / "one.duckdb"), Store(tmp_path / "many.duckdb")
+    for store in (one, many):
+        store.write_page(G, page, at(50))
+        store.write_messages(  # stored earlier: replaced below (a), kept on a 404 (d)
+            G, "a", messages_frame(("9", at(1), "USER")), fetched_last_used=at(1), fetched_at=at(2)
+        )
+        store.write_messages(
+            G,
+            "d",
+            messages_frame(("7", at(33), "USER")),
+            fetched_last_used=at(33),
+            fetched_at=at(2),
+        )
+    stored = 0
+    stored += one.write_messages(G, "a", a_msgs, fetched_last_used=at(10), fetched_at=at(100))
+    stored += one.write_messages(
+        G, "b", _no_messages(), fetched_last_used=at(20), fetched_at=at(100)
+    )
+    stored += one.write_messages(
+        G, "c", c_msgs, fetched_last_used=at(30), fetched_at=at(100), date_created=at(27)
+    )
+    stored += one.write_messages(
+        G, "d", None, fetched_last_used=at(40), fetched_at=at(100), status="not_found"
+    )
+    fetches = _fetches(
+        ("a", "ok", at(10), None),
+        ("b", "ok", at(20), None),
+        ("c", "ok", at(30), at(27)),
+        ("d", "not_found", at(40), None),
+    )
+    assert many.write_conversations(G, fetches, _batch_messages(a=a_msgs, c=c_msgs)) == stored == 3
+    left, right = _message_tables(one), _message_tables(many)
+    for name in left:
+        pd.testing.assert_frame_equal(left[name], right[name], obj=name)
+    sessions = right["sessions"].set_index("id")
+    assert sessions.loc["a", "date_created"] == at(5)  # first message's
+    assert sessions.loc["c", "date_created"] == at(27)  # given wins, even after a message
+    assert pd.isna(sessions.loc["b", "date_created"])  # no messages, none given
+    assert bool(sessions.loc["d", "deleted"]) and sessions.loc["d", "deleted_at"] == at(100)
+    assert sorted(right["messages"]["session_id"] + "/" + right["messages"]["id"]) == [
+        "a/1", "a/2", "c/1", "d/7",
+    ]  # fmt: skip
+    assert list(many.pending_message_fetches(G)["id"]) == []
+    one.close()
+    many.close()
+
+
+def test_write_conversations_refuses_bad_batches_and_rolls_back_whole(store: Store) -> None:
+    store.write_page(G, listing(("a", at(10)), ("b", at(20))), at(30))
+    before = _message_tables(store)
+    a_msgs = messages_frame(("1", at(5), "USER"))
+    cases = [
+        (_fetches(("a", "ok", at(10), None), ("a", "ok", at(10), None)), a_msgs, "repeat session"),
+        (_fetches(("a", "ok", at(10), None)), None, "messages is None"),
+        (_fetches(("a", "gone", at(10), None)), None, "fetch status gone"),
+        (_fetches(("a", "not_found", at(10), None)), _batch_messages(a=a_msgs), "not_found"),
+        (_fetches(("b", "ok", at(20), None)), _batch_messages(a=a_msgs), "no fetches row"),
+        (
+            _fetches(("a", "ok", at(10), None)),
+            _batch_messages(a=messages_frame(("1", at(1), "USER"), ("1", at(2), "USER"))),
+            "repeat id",
+        ),
+        (_fetches(("", "ok", at(10), None)), _batch_messages(), "empty id"),
+    ]
+    for fetches, msgs, error in cases:
+        with pytest.raises(ConfigError, match=error):
+            store.write_conversations(G, fetches, msgs)
+    bad = messages_frame(("2", at(6), "USER"))
+    bad["extra"] = ["{not json"]
+    with pytest.raises(CacheError, match="rolled back"):
+        store.write_conversations(
+            G,
+            _fetches(("a", "ok", at(10), None), ("b", "not_found", at(20), None)),
+            _batch_messages(a=pd.concat([a_msgs, bad], ignore_index=True)),
+        )
+    after = _message_tables(store)
+    for name in before:
+        pd.testing.assert_frame_equal(before[name], after[name], obj=name)
+    assert store.write_conversations(G, _fetches(), None) == 0
+
+
+# --- the sync's messages phase, as the store sees it --------------------------------------------
+
+
+class _BatchRecorder(Store):
+    """A real Store that records the size of every write_conversations call (a spy: the
+    writes themselves go through unchanged)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.batches: list[int] = []
+
+    def write_conversations(
+        self, guru: str, fetches: pd.DataFrame, messages: pd.DataFrame | None
+    ) -> int:
+        self.batches.append(len(fetches))
+        return super().write_conversations(guru, fetches, messages)
+
+
+def test_sync_writes_answers_in_batches(tmp_path: Path) -> None:
+    with demo_server(120, users=3) as srv:
+        store = _BatchRecorder(tmp_path / "c.duckdb")
+        summary = run(srv, store, messages=True)
+        assert store.batches == [50, 50, 20]
+        assert summary.messages_fetched == 120 and summary.messages_remaining == 0
+        slug = srv.guru_slug
+        with store.reader() as conn:
+            n_messages, undated = conn.execute(
+                "SELECT (SELECT count(*) FROM messages WHERE guru = ?), "
+                "(SELECT count(*) FROM sessions WHERE guru = ? AND date_created IS NULL)",
+                [slug, slug],
+            ).fetchall()[0]
+        assert n_messages == int(srv.truth(slug)["n_messages"].sum()) and undated == 0
+        store.close()
+
+
+class _FakeTime:
+    """Injected monotonic clock + sleep (rate-limit waits take no real time); at each wait it
+    records whether the cache file was released and every fetched answer already stored."""
+
+    def __init__(self, srv: LocalGurubase, store: Store) -> None:
+        self.now = 1000.0
+        self.srv, self.store = srv, store
+        self.waits: list[tuple[float, bool, bool]] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        released = "released" in repr(self.store)
+        with self.store.reader() as conn:
+            stored = conn.execute("SELECT count(*) FROM message_fetches").fetchall()[0][0]
+        self.waits.append((seconds, released, stored == get_requests(self.srv)))
+        self.now += seconds
+
+
+def test_sync_writes_buffered_answers_before_a_long_wait(tmp_path: Path) -> None:
+    with demo_server(15, users=2) as srv:
+        store = _BatchRecorder(tmp_path / "c.duckdb")
+        run(srv, store)
+        fake = _FakeTime(srv, store)
+        client = client_for(
+            srv, rate_limit=10, rate_window=60.0, monotonic=fake.monotonic, sleep=fake.sleep
+        )
+        run(srv, store, client=client, messages=True)  # 1 listing request + 15 Get Session
+        # 10 requests go at once (no time passes); the 11th waits for the window, and before
+        # that the 9 answers fetched so far are written and the file released
+        assert fake.waits == [(60.0, True, True)]
+        assert store.batches == [9, 6]
+        client.close()
+        store.close()
+
+
+class _InterruptingSession(requests.Session):
+    """The client's HTTP seam: a real session that raises KeyboardInterrupt (a Ctrl-C) just
+    before the n-th Get Session request leaves."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.left = n
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        if "/conversation/" in str(url):
+            self.left -= 1
+            if self.left == 0:
+                raise KeyboardInterrupt
+        return super().request(method, url, *args, **kwargs)
+
+
+def test_an_interrupted_messages_phase_keeps_the_answers_it_fetched(tmp_path: Path) -> None:
+    with demo_server(40, users=2) as srv:
+        store = _BatchRecorder(tmp_path / "c.duckdb")
+        run(srv, store)
+        client = client_for(srv, session=_InterruptingSession(23))
+        with pytest.raises(KeyboardInterrupt):
+            run(srv, store, client=client, messages=True)
+        assert store.batches == [22]  # written on the way out, not lost with the buffer
+        assert store.count_pending(srv.guru_slug) == 40 - 22
+        assert list(store.runs(srv.guru_slug)["outcome"]) == ["ok", "interrupted"]
+        client.close()
+        store.close()
