@@ -40,6 +40,25 @@ def _exit_code(exc: GuruAnalyticsError) -> int:
 COMMANDS: dict[str, tuple[Callable[..., None], Callable[[argparse.Namespace], int]]] = {}
 
 
+def _whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type`` for whole numbers >= ``minimum`` (one message for every option)."""
+
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            n = minimum - 1
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {value!r}")
+        return n
+
+    return parse
+
+
+_whole_non_negative = _whole_number(0)
+_positive = _whole_number(1)
+
+
 # --- serve (local Gurubase-compatible server) -------------------------------------------
 # (section owned by the server work)
 
@@ -315,16 +334,6 @@ COMMANDS["serve"] = (_add_serve, _cmd_serve)
 # (section owned by the sync work)
 
 
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value!r}") from exc
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value!r}")
-    return n
-
-
 def _add_sync(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(
         name,
@@ -361,7 +370,7 @@ def _add_sync(sub: argparse._SubParsersAction, name: str) -> None:
         help="also fetch the messages of new/changed sessions (one request per session)",
     )
     p.add_argument(
-        "--max-requests", type=_positive_int, default=None, metavar="N",
+        "--max-requests", type=_whole_non_negative, default=None, metavar="N",
         help="at most N requests for --messages (the rest waits for the next run)",
     )
     p.add_argument(
@@ -575,16 +584,6 @@ COMMANDS["plot"] = (_add_plot, _cmd_plot)
 
 # --- demo -------------------------------------------------------------------------------
 # (section owned by the notebook/demo work)
-
-
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}") from exc
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
-    return n
 
 
 def _add_demo(sub: argparse._SubParsersAction, name: str) -> None:
