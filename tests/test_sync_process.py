@@ -22,13 +22,16 @@ from sync_fixtures import (
     truth,
 )
 
-from guru_analytics.server import FaultConfig
+from guru_analytics.server import FaultConfig, LocalGurubase
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 
-def _cli(args: list[str], key: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "GURUBASE_API_KEY": key, "PYTHONUNBUFFERED": "1"}
+def _cli(srv: LocalGurubase, db: Path, rate_limit: str) -> subprocess.Popen[str]:
+    """``guru-analytics sync`` of the server's guru in a child process (key in the env)."""
+    env = {**os.environ, "GURUBASE_API_KEY": srv.api_key or "", "PYTHONUNBUFFERED": "1"}
+    args = [srv.guru_slug, "--db", str(db), "--base-url", srv.base_url]
+    args += ["--rate-limit", rate_limit, "--no-progress"]
     return subprocess.Popen(
         [sys.executable, "-m", "guru_analytics", "sync", *args],
         env=env,
@@ -50,19 +53,7 @@ def test_kill_9_mid_sync_then_resume_is_exact(tmp_path: Path) -> None:
     with demo_server(240, faults=FaultConfig(slow_rate=1.0, slow_seconds=0.12)) as srv:
         slug = srv.guru_slug
         db = tmp_path / "cache.duckdb"
-        proc = _cli(
-            [
-                slug,
-                "--db",
-                str(db),
-                "--base-url",
-                srv.base_url,
-                "--rate-limit",
-                "none",
-                "--no-progress",
-            ],
-            srv.api_key or "",
-        )
+        proc = _cli(srv, db, "none")
         try:
             _wait_for(lambda: list_requests(srv) >= 5 or proc.poll() is not None)
             os.kill(proc.pid, signal.SIGKILL)
@@ -109,19 +100,7 @@ def test_reader_process_reads_while_cli_sync_waits_on_rate_limit(tmp_path: Path)
         slug = srv.guru_slug
         db = tmp_path / "cache.duckdb"
         # 3 requests a minute: the 4th page waits ~60 s, with the cache file released
-        proc = _cli(
-            [
-                slug,
-                "--db",
-                str(db),
-                "--base-url",
-                srv.base_url,
-                "--rate-limit",
-                "3",
-                "--no-progress",
-            ],
-            srv.api_key or "",
-        )
+        proc = _cli(srv, db, "3")
         try:
             _wait_for(lambda: list_requests(srv) >= 3 or proc.poll() is not None)
             time.sleep(0.5)  # page 3 written, now sleeping in the limiter
