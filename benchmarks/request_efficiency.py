@@ -75,6 +75,18 @@ class _Bench:
         summary = sync(self.slug, client=self.client, store=self.store, progress=False, **kwargs)
         return len(self.srv.log), summary
 
+    def sync_drifting(self, case: str, minimum: int, **kwargs: Any) -> Row:
+        """Sync while the server drifts; the row says the extra requests and the exactness."""
+        before = snapshot(self.srv, self.slug)
+        self.srv.drift = DRIFT
+        try:
+            count, summary = self.sync(**kwargs)
+        finally:
+            self.srv.drift = DriftConfig()
+        moved = drifted(before, snapshot(self.srv, self.slug))
+        exact = guru_exactness(self.srv, self.store, self.slug)
+        return _drift_row(case, count, minimum, moved, exact, _detail(summary, exact))
+
     def close(self) -> None:
         self.client.close()
         self.store.close()
@@ -175,24 +187,8 @@ def run(plan: Plan, workdir: Path, say: Callable[[str], None]) -> list[Row]:
         say("requests: incremental sync with drift")
         k = max(plan.incremental_changes)
         bench.srv.touch(bench.slug, rng.sample(bench.srv.truth(bench.slug)["id"].tolist(), k))
-        before = snapshot(bench.srv, bench.slug)
-        bench.srv.drift = DRIFT
-        try:
-            count, summary = bench.sync()
-        finally:
-            bench.srv.drift = DriftConfig()
-        moved = drifted(before, snapshot(bench.srv, bench.slug))
-        exact = guru_exactness(bench.srv, bench.store, bench.slug)
-        rows.append(
-            _drift_row(
-                f"incremental with drift, k = {k} changed + drift",
-                count,
-                reference_min(k),
-                moved,
-                exact,
-                _detail(summary, exact),
-            )
-        )
+        case = f"incremental with drift, k = {k} changed + drift"
+        rows.append(bench.sync_drifting(case, reference_min(k)))
     finally:
         bench.close()
 
@@ -202,24 +198,7 @@ def run(plan: Plan, workdir: Path, say: Callable[[str], None]) -> list[Row]:
     bench = _Bench(demo_server(n, plan.n_users), workdir / "drift-full.duckdb")
     try:
         minimum = full_min(len(bench.srv.truth(bench.slug)))
-        before = snapshot(bench.srv, bench.slug)
-        bench.srv.drift = DRIFT
-        try:
-            count, summary = bench.sync(full=True)
-        finally:
-            bench.srv.drift = DriftConfig()
-        moved = drifted(before, snapshot(bench.srv, bench.slug))
-        exact = guru_exactness(bench.srv, bench.store, bench.slug)
-        rows.append(
-            _drift_row(
-                f"full sync with drift, N = {n:,}",
-                count,
-                minimum,
-                moved,
-                exact,
-                _detail(summary, exact),
-            )
-        )
+        rows.append(bench.sync_drifting(f"full sync with drift, N = {n:,}", minimum, full=True))
     finally:
         bench.close()
 
