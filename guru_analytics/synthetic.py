@@ -29,7 +29,13 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, NotFoundError
-from .timestamps import format_offset
+from .timestamps import (
+    format_offset,
+    from_micros,
+    micros_to_series,
+    series_to_micros,
+    to_micros,
+)
 
 DEFAULT_END = datetime(2025, 11, 1, tzinfo=UTC)
 """The default end of the generated history: fixed, so a seed always gives the same data."""
@@ -222,7 +228,7 @@ def generate(
         raise ConfigError("end must be a tz-aware datetime: pass e.g. datetime(..., tzinfo=UTC)")
     rng = np.random.default_rng(seed)
     n = int(n_sessions)
-    end_us = _to_us(end)
+    end_us = to_micros(end)
     start_us = end_us - days * _US_PER_DAY
 
     ids = _uuid4_strings(rng, n)
@@ -275,8 +281,8 @@ def generate(
     frame = pd.DataFrame(
         {
             "id": pd.Series(ids[o], dtype="str"),
-            "last_used": _us_to_series(last_used[o]),
-            "date_created": _us_to_series(created[o]),
+            "last_used": micros_to_series(last_used[o]),
+            "date_created": micros_to_series(created[o]),
             "root_question_name": pd.Series(names[o], dtype="str"),
             "root_question_slug": pd.Series(slugs[o], dtype="str"),
             "user_question": pd.Series(user_q[o], dtype="str"),
@@ -320,15 +326,15 @@ def new_sessions(
         _base36(np.arange(slug_counter_start, slug_counter_start + n)),
     )
     if isinstance(at, pd.Series):
-        at_us = _series_to_us(at)
+        at_us = series_to_micros(at)
     else:
-        at_us = np.array([_to_us(t) for t in at], dtype=np.int64)
+        at_us = np.array([to_micros(t) for t in at], dtype=np.int64)
     src = source or ("API" if external_user_id else "WIDGET QUESTION")
     return pd.DataFrame(
         {
             "id": pd.Series(_uuid4_strings(rng, n), dtype="str"),
-            "last_used": _us_to_series(at_us),
-            "date_created": _us_to_series(at_us),
+            "last_used": micros_to_series(at_us),
+            "date_created": micros_to_series(at_us),
             "root_question_name": pd.Series(titles[title_idx], dtype="str"),
             "root_question_slug": pd.Series(
                 _concat(slug_bases[title_idx], "-", suffix), dtype="str"
@@ -355,15 +361,15 @@ def message_events(sessions: pd.DataFrame, *, seed: int | None = None) -> pd.Dat
     n_msgs = sessions["n_messages"].to_numpy(dtype=np.int64)
     n_msgs = np.where(sessions["has_root"].to_numpy(dtype=bool), n_msgs, 0)
     keys = session_keys(sessions["id"], seed)
-    created = _series_to_us(sessions["date_created"])
-    last = _series_to_us(sessions["last_used"])
+    created = series_to_micros(sessions["date_created"])
+    last = series_to_micros(sessions["last_used"])
     row, k, ts = _message_times(keys, created, last, n_msgs)
     ids = sessions["id"].to_numpy(dtype=object)
     return pd.DataFrame(
         {
             "id": pd.Series(ids[row], dtype="str"),
             "message_index": k.astype("int64"),
-            "ts": _us_to_series(ts),
+            "ts": micros_to_series(ts),
         }
     )
 
@@ -381,11 +387,11 @@ def conversation(
         return []
     n = int(row.get("n_messages", 1) or 1)
     keys = session_keys([str(row["id"])], seed)
-    created = np.array([_to_us(_as_datetime(row["date_created"]))], dtype=np.int64)
+    created = np.array([to_micros(_as_datetime(row["date_created"]))], dtype=np.int64)
     base_last = row.get("base_last_used", row["last_used"])
-    last = np.array([_to_us(_as_datetime(base_last))], dtype=np.int64)
+    last = np.array([to_micros(_as_datetime(base_last))], dtype=np.int64)
     _row, k, ts = _message_times(keys, created, last, np.array([n], dtype=np.int64))
-    extra_us = [_to_us(t) for t in extra_times]
+    extra_us = [to_micros(t) for t in extra_times]
     k_all = np.concatenate([k, np.arange(n, n + len(extra_us), dtype=np.int64)])
     ts_all = np.concatenate([ts, np.array(extra_us, dtype=np.int64)])
     key = np.full(len(k_all), keys[0], dtype=np.uint64)
@@ -411,7 +417,7 @@ def conversation(
     parent: str | None = None
     for i in range(len(k_all)):
         kk = int(k_all[i])
-        when = _from_us(int(ts_all[i]))
+        when = from_micros(int(ts_all[i]))
         if kk == 0:
             question, wording, slug = title, hidden, root_slug
         else:
@@ -449,11 +455,6 @@ def conversation(
         )
         parent = slug
     return out
-
-
-def messages(guru: SyntheticGuru, session_id: str) -> list[dict[str, Any]]:
-    """Module-level spelling of ``guru.messages(session_id)``."""
-    return guru.messages(session_id)
 
 
 def session_keys(ids: Sequence[str] | pd.Series | np.ndarray, seed: int) -> np.ndarray:
@@ -748,38 +749,12 @@ def _answer(question: str, n_refs: int) -> str:
 # --- time conversions ---------------------------------------------------------------------
 
 
-def _to_us(ts: datetime | pd.Timestamp) -> int:
-    """Microseconds since the epoch of a tz-aware instant (exact, no float rounding)."""
-    if isinstance(ts, pd.Timestamp):
-        if ts.tzinfo is None:
-            raise ConfigError("timestamps must be tz-aware UTC")
-        return int(ts.tz_convert("UTC").as_unit("us").value)
-    if ts.tzinfo is None:
-        raise ConfigError("timestamps must be tz-aware UTC")
-    delta = ts.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * _US_PER_S + delta.microseconds
-
-
-def _from_us(us: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(us))
-
-
 def _as_datetime(value: Any) -> datetime:
     if isinstance(value, pd.Timestamp):
         return value.to_pydatetime()
     if isinstance(value, datetime):
         return value
     if isinstance(value, np.datetime64):
-        return _from_us(int(value.astype("datetime64[us]").astype(np.int64)))
+        return from_micros(int(value.astype("datetime64[us]").astype(np.int64)))
     raise ConfigError(f"expected a datetime, got {type(value).__name__}")
 
-
-def _us_to_series(us: np.ndarray) -> pd.Series:
-    return pd.Series(np.asarray(us, dtype=np.int64).view("datetime64[us]")).dt.tz_localize("UTC")
-
-
-def _series_to_us(s: pd.Series) -> np.ndarray:
-    if s.dt.tz is None:
-        raise ConfigError("timestamp columns must be tz-aware UTC")
-    naive = s.dt.tz_convert("UTC").dt.tz_localize(None).dt.as_unit("us")
-    return naive.to_numpy(dtype="datetime64[us]").view(np.int64).astype(np.int64)

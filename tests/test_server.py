@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import pandas as pd
 import pytest
@@ -891,7 +892,8 @@ def test_same_seed_same_answers(servers: list[LocalGurubase], http: requests.Ses
 
 
 def test_server_survives_garbage(static: LocalGurubase, http: requests.Session) -> None:
-    host, port = static.address
+    url = urlsplit(static.base_url)
+    host, port = url.hostname, url.port
     junk = [
         b"HELLO\r\n\r\n",
         b"\x00\xff\x16\x03\x01garbage",

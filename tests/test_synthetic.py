@@ -171,7 +171,6 @@ def test_messages_match_the_session_row(guru: synthetic.SyntheticGuru) -> None:
             assert m["id"].isdigit()
             assert parse_api_timestamp(m["date_updated"]) >= parse_api_timestamp(m["date_created"])
             assert all(set(ref) == {"link", "icon", "title"} for ref in m["references"])
-        assert synthetic.messages(guru, row["id"]) == msgs
         checked += 1
     assert checked > 50
 
