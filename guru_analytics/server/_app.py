@@ -33,7 +33,7 @@ from ._exchange import (
     json_response,
     msg_response,
 )
-from ._export import export_answer
+from ._export import Exporter
 from ._faults import FaultDraw, Faults
 from ._state import GuruState, Key, ServerState
 
@@ -106,6 +106,7 @@ class App:
         self.tie_shuffle = tie_shuffle
         self.monotonic = monotonic
         self.export_scheme = export_scheme
+        self.exporter = Exporter()
         self.limiter = SlidingWindow(rate_limit or 1, rate_window)
         self.internal_errors: list[str] = []
         self.log: list[LoggedRequest] = []
@@ -180,7 +181,7 @@ class App:
                 return self._finish(log, msg_response(400, body_error), draw)
             if m_export is not None:
                 now = self.state.clock()
-                answer = export_answer(g, body or {}, now, self.export_scheme)
+                answer = self.exporter.answer(g, body or {}, now, self.export_scheme)
                 return self._finish(log, answer, draw)
             return self._finish(log, self._list(g, body or {}), draw)
         assert m_conv is not None
