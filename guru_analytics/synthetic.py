@@ -567,14 +567,12 @@ def standalone_questions(sessions: pd.DataFrame, *, seed: int | None = None) -> 
     suffix = [f"{int(h) & 0xFFFFFF:06x}" for h in keys[asked]]
     q_slug = _concat(slug_bases[pick_title[asked]], "-q", np.array(suffix, dtype=object))
     n_q, n_u = int(asked.sum()), int(unanswered.sum())
-    trust = np.clip(np.round(100 * u_trust ** 0.35).astype(np.int64), 0, 100)
+    trust = np.clip(np.round(100 * u_trust**0.35).astype(np.int64), 0, 100)
     return pd.DataFrame(
         {
             "kind": pd.Series(["question"] * n_q + ["unanswered"] * n_u, dtype="str"),
             "ts": micros_to_series(np.concatenate([ts[asked], ts[unanswered]])),
-            "source": pd.Series(
-                np.concatenate([source[asked], source[unanswered]]), dtype="str"
-            ),
+            "source": pd.Series(np.concatenate([source[asked], source[unanswered]]), dtype="str"),
             "question": pd.Series(
                 np.concatenate(
                     [
@@ -665,7 +663,9 @@ def _message_fields(
     u_vote = _uniform(key, k, _SALT_VOTE)
     u_follow = _uniform(key, k, _SALT_FOLLOW)
     u_refs = _uniform(key, k, _SALT_REFS)
-    slug_hash = _mix(key ^ (k.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ np.uint64(_SALT_SLUG))
+    slug_hash = _mix(
+        key ^ (k.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ np.uint64(_SALT_SLUG)
+    )
     follow = np.minimum((u_follow * len(_FOLLOW_UPS)).astype(np.int64), len(_FOLLOW_UPS) - 1)
     follow_q = np.array(_FOLLOW_UPS, dtype=object)
     follow_w = np.array([q.lower().rstrip("?!.") for q in _FOLLOW_UPS], dtype=object)
@@ -937,4 +937,3 @@ def _as_datetime(value: Any) -> datetime:
     if isinstance(value, np.datetime64):
         return from_micros(int(value.astype("datetime64[us]").astype(np.int64)))
     raise ConfigError(f"expected a datetime, got {type(value).__name__}")
-

@@ -176,7 +176,9 @@ class LocalGurubase:
     @export_scheme.setter
     def export_scheme(self, value: str) -> None:
         if value not in EXPORT_SCHEMES:
-            raise ConfigError(f"export_scheme {value!r} is not valid: use one of {sorted(EXPORT_SCHEMES)}")
+            raise ConfigError(
+                f"export_scheme {value!r} is not valid: use one of {sorted(EXPORT_SCHEMES)}"
+            )
         self._app.export_scheme = value
 
     @property

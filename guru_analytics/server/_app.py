@@ -130,9 +130,7 @@ class App:
                     f"{request.method} {request.path}: {type(exc).__name__}: {exc}"
                 )
                 self.log.append(
-                    LoggedRequest(
-                        request.method, request.path, None, 500, self.state.clock(), None
-                    )
+                    LoggedRequest(request.method, request.path, None, 500, self.state.clock(), None)
                 )
                 return html_response(500, HTML_500)
 

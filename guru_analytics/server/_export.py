@@ -109,9 +109,7 @@ class Exporter:
     def __init__(self) -> None:
         self._cache: dict[str, tuple[int, _Table]] = {}
 
-    def answer(
-        self, g: GuruState, body: Mapping[str, Any], now: datetime, scheme: str
-    ) -> Response:
+    def answer(self, g: GuruState, body: Mapping[str, Any], now: datetime, scheme: str) -> Response:
         export_type = body.get("export_type", "xlsx")
         filters = body.get("filters") or {}
         if export_type not in ("json", "csv", "xlsx") or not isinstance(filters, dict):

@@ -155,7 +155,9 @@ class Faults:
                     status, "Internal server error" if status == 500 else HTTPStatus(status).phrase
                 )
             else:
-                answer = html_response(status, HTML_500 if status == 500 else proxy_error_page(status))
+                answer = html_response(
+                    status, HTML_500 if status == 500 else proxy_error_page(status)
+                )
         elif answer.status == 200 and f.malformed:
             answer = Response(200, answer.body[: max(1, len(answer.body) // 2)], "application/json")
         elif answer.status == 200 and f.html200:
