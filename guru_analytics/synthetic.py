@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._corpus import FIRST_NAMES, FOLLOW_UPS, LAST_NAMES, OFF_TOPIC, TOPICS
 from .errors import ConfigError, NotFoundError
 from .timestamps import (
     format_offset,
@@ -60,113 +61,6 @@ SESSION_COLUMNS: tuple[str, ...] = (
 _US_PER_S = 1_000_000
 _US_PER_DAY = 86_400 * _US_PER_S
 
-# topic -> (title templates, subjects). Titles are every template x subject.
-_TOPICS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "install": (
-        (
-            "How do I install {s}?",
-            "Installing {s} fails with a permission error",
-            "What are the system requirements for {s}?",
-            "Can I install {s} without Docker?",
-        ),
-        (
-            "the CLI",
-            "the Python SDK",
-            "the self-hosted server",
-            "the VS Code extension",
-            "the widget",
-        ),
-    ),
-    "auth": (
-        (
-            "How do I rotate the API key for {s}?",
-            "Why does {s} return 401 Invalid API key?",
-            "How do I set up SSO with {s}?",
-        ),
-        ("Okta", "Google Workspace", "GitHub OAuth", "Azure AD", "the REST API"),
-    ),
-    "api": (
-        (
-            "What is the rate limit of {s}?",
-            "How do I paginate {s}?",
-            "Why does {s} time out?",
-            "Is there a webhook for {s}?",
-        ),
-        (
-            "the sessions endpoint",
-            "the answer endpoint",
-            "the data sources API",
-            "streaming answers",
-        ),
-    ),
-    "deployment": (
-        (
-            "How do I deploy {s} on Kubernetes?",
-            "How do I upgrade {s}?",
-            "How do I back up {s}?",
-            "Why does {s} run out of memory?",
-        ),
-        ("Gurubase", "the Postgres database", "the Milvus vector store", "the Nginx proxy"),
-    ),
-    "billing": (
-        (
-            "How do I change {s}?",
-            "Why was I charged twice for {s}?",
-            "Can I get an invoice for {s}?",
-        ),
-        ("my plan", "extra seats", "the annual subscription", "API overage"),
-    ),
-    "integrations": (
-        (
-            "How do I connect {s}?",
-            "Why is the {s} bot not answering?",
-            "Can the {s} integration answer in threads?",
-        ),
-        ("Slack", "Discord", "GitHub issues", "Jira", "Zendesk"),
-    ),
-    "data sources": (
-        (
-            "How do I index {s}?",
-            "Why is {s} not crawled?",
-            "How often is {s} re-indexed?",
-        ),
-        (
-            "a sitemap",
-            "a PDF manual",
-            "a YouTube playlist",
-            "a private GitHub repo",
-            "Confluence pages",
-        ),
-    ),
-}
-
-_FOLLOW_UPS: tuple[str, ...] = (
-    "Can you show an example?",
-    "What about on Windows?",
-    "That did not work, I still get an error",
-    "Is there a way to do this from the API?",
-    "Thanks! And how do I undo it?",
-    "Which version added this?",
-    "Does this also apply to the self-hosted edition?",
-    "Can you link the docs for that?",
-    "Is there a limit on how many I can have?",
-    "How long does that take?",
-)
-
-_FIRST_NAMES = ("maria", "li", "ahmed", "olga", "sam", "priya", "jonas", "ana", "kenji", "fatima")
-_LAST_NAMES = (
-    "garcia",
-    "wang",
-    "hassan",
-    "ivanova",
-    "lee",
-    "patel",
-    "berg",
-    "silva",
-    "sato",
-    "diallo",
-)
-
 # Salts for the per-message hash streams.
 (
     _SALT_GAP,
@@ -178,8 +72,6 @@ _LAST_NAMES = (
     _SALT_SLUG,
     _SALT_ALONE,
 ) = range(1, 9)
-
-_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 @dataclass
@@ -526,17 +418,6 @@ def question_events(
     )
 
 
-_OFF_TOPIC: tuple[str, ...] = (
-    "what is the weather in paris tomorrow",
-    "write me a poem about databases",
-    "who won the football match yesterday",
-    "can you book a flight for me",
-    "what is the meaning of life",
-    "translate this sentence to klingon",
-    "recommend a good pizza place nearby",
-)
-
-
 def standalone_questions(sessions: pd.DataFrame, *, seed: int | None = None) -> pd.DataFrame:
     """Questions outside any session, and questions the guru could not answer.
 
@@ -563,7 +444,7 @@ def standalone_questions(sessions: pd.DataFrame, *, seed: int | None = None) -> 
     ts = created - (u_when * 2 * 3600 * _US_PER_S).astype(np.int64)
     source = np.array(SOURCES, dtype=object)[(u_src * len(SOURCES)).astype(np.int64)]
     pick_title = (u_pick * len(titles)).astype(np.int64)
-    pick_off = (u_pick * len(_OFF_TOPIC)).astype(np.int64)
+    pick_off = (u_pick * len(OFF_TOPIC)).astype(np.int64)
     suffix = [f"{int(h) & 0xFFFFFF:06x}" for h in keys[asked]]
     q_slug = _concat(slug_bases[pick_title[asked]], "-q", np.array(suffix, dtype=object))
     n_q, n_u = int(asked.sum()), int(unanswered.sum())
@@ -577,7 +458,7 @@ def standalone_questions(sessions: pd.DataFrame, *, seed: int | None = None) -> 
                 np.concatenate(
                     [
                         titles[pick_title[asked]],
-                        np.array(_OFF_TOPIC, dtype=object)[pick_off[unanswered]],
+                        np.array(OFF_TOPIC, dtype=object)[pick_off[unanswered]],
                     ]
                 ),
                 dtype="str",
@@ -666,10 +547,10 @@ def _message_fields(
     slug_hash = _mix(
         key ^ (k.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ np.uint64(_SALT_SLUG)
     )
-    follow = np.minimum((u_follow * len(_FOLLOW_UPS)).astype(np.int64), len(_FOLLOW_UPS) - 1)
-    follow_q = np.array(_FOLLOW_UPS, dtype=object)
-    follow_w = np.array([q.lower().rstrip("?!.") for q in _FOLLOW_UPS], dtype=object)
-    follow_s = np.array([_slugify(q) + "-" for q in _FOLLOW_UPS], dtype=object)
+    follow = np.minimum((u_follow * len(FOLLOW_UPS)).astype(np.int64), len(FOLLOW_UPS) - 1)
+    follow_q = np.array(FOLLOW_UPS, dtype=object)
+    follow_w = np.array([q.lower().rstrip("?!.") for q in FOLLOW_UPS], dtype=object)
+    follow_s = np.array([_slugify(q) + "-" for q in FOLLOW_UPS], dtype=object)
     root = k == 0
     hexes = np.array([f"{int(h) & 0xFFFFFFFF:08x}" for h in slug_hash], dtype=object)
     alt = np.array(SOURCES, dtype=object)[(u_source * 100).astype(np.int64) % len(SOURCES)]
@@ -856,8 +737,8 @@ def _user_ids(n_users: int) -> np.ndarray:
     out = []
     for i in range(1, n_users + 1):
         if i % 3 == 0:
-            first = _FIRST_NAMES[i % len(_FIRST_NAMES)]
-            last = _LAST_NAMES[(i // len(_FIRST_NAMES)) % len(_LAST_NAMES)]
+            first = FIRST_NAMES[i % len(FIRST_NAMES)]
+            last = LAST_NAMES[(i // len(FIRST_NAMES)) % len(LAST_NAMES)]
             out.append(f"{first}.{last}{i}@example.com")
         else:
             out.append(f"user-{i:04d}")
@@ -875,7 +756,7 @@ def _catalog(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     rng = np.random.default_rng([seed, 104729])
     titles: list[str] = []
     topics: list[str] = []
-    for topic, (templates, subjects) in _TOPICS.items():
+    for topic, (templates, subjects) in TOPICS.items():
         for template in templates:
             for subject in subjects:
                 titles.append(template.format(s=subject))
