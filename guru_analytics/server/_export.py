@@ -17,15 +17,17 @@ import csv
 import io
 import json
 import zipfile
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .. import synthetic
-from ..timestamps import from_micros, micros_to_series, series_to_micros, to_micros
+from ..timestamps import micros_to_series, series_to_micros, to_micros
 from ._exchange import Response, msg_response
 from ._state import GuruState
 
@@ -81,7 +83,7 @@ class _Rows:
     ts: list[int] = field(default_factory=list)
     source: list[str] = field(default_factory=list)
     row: list[dict[str, Any]] = field(default_factory=list)
-    refs: list[list[dict[str, str]]] = field(default_factory=list)
+    refs: list[tuple[str, int]] = field(default_factory=list)  # (question, n references)
 
     def sort(self) -> None:
         order = sorted(range(len(self.ts)), key=lambda i: (self.ts[i], self.row[i].get("url", "")))
@@ -165,9 +167,10 @@ def _source_filter(value: Any) -> str | None:
     return FILTER_SOURCES.get(value) if isinstance(value, str) else None
 
 
-def _minute(us: int) -> str:
-    """The file's ``datetime``: UTC at minute resolution."""
-    return from_micros(us).strftime("%Y-%m-%d %H:%M")
+def _minutes(us: np.ndarray) -> list[str]:
+    """The file's ``datetime`` of each µs count: ``YYYY-MM-DD HH:MM`` in UTC (vectorised)."""
+    text = np.datetime_as_string(np.asarray(us, dtype="datetime64[us]").astype("datetime64[m]"))
+    return [t.replace("T", " ") for t in text.tolist()]
 
 
 def _build(g: GuruState) -> _Table:
@@ -191,9 +194,10 @@ def _build(g: GuruState) -> _Table:
     alone = synthetic.standalone_questions(frame, seed=g.seed)
     questions, unanswered = _Rows(), _Rows()
     guru = g.slug
-    ev_ts = series_to_micros(events["ts"]).tolist()
-    for t, sid, k, src, trust, slug, text, wording, root_slug, n_refs in zip(
-        ev_ts,
+    ev_us = series_to_micros(events["ts"])
+    for t, when, sid, k, src, trust, slug, text, wording, root_slug, n_refs in zip(
+        ev_us.tolist(),
+        _minutes(ev_us),
         events["session_id"].tolist(),
         events["message_index"].tolist(),
         events["source"].tolist(),
@@ -212,11 +216,12 @@ def _build(g: GuruState) -> _Table:
             url = f"{SITE}/g/{guru}/{root_slug}/binge/{sid}?question_slug={slug}"
         questions.ts.append(t)
         questions.source.append(src)
-        questions.row.append(_question_row(t, src, wording, trust, k > 0, url))
-        questions.refs.append(synthetic.reference_list(text, n_refs))
-    alone_ts = series_to_micros(alone["ts"]).tolist()
-    for t, kind, src, text, slug, trust in zip(
-        alone_ts,
+        questions.row.append(_question_row(when, src, wording, trust, k > 0, url))
+        questions.refs.append((text, n_refs))
+    alone_us = series_to_micros(alone["ts"])
+    for t, when, kind, src, text, slug, trust in zip(
+        alone_us.tolist(),
+        _minutes(alone_us),
         alone["kind"].tolist(),
         alone["source"].tolist(),
         alone["question"].tolist(),
@@ -228,13 +233,13 @@ def _build(g: GuruState) -> _Table:
             url = f"{SITE}/g/{guru}/{slug}"
             questions.ts.append(t)
             questions.source.append(src)
-            questions.row.append(_question_row(t, src, text, trust, False, url))
-            questions.refs.append([])
+            questions.row.append(_question_row(when, src, text, trust, False, url))
+            questions.refs.append((text, 0))
         else:
             unanswered.ts.append(t)
             unanswered.source.append(src)
             unanswered.row.append(
-                {"datetime": _minute(t), "source": SOURCE_LABELS.get(src, src), "question": text}
+                {"datetime": when, "source": SOURCE_LABELS.get(src, src), "question": text}
             )
     questions.sort()
     unanswered.sort()
@@ -242,10 +247,10 @@ def _build(g: GuruState) -> _Table:
 
 
 def _question_row(
-    t: int, src: str, text: str, trust: int, follow_up: bool, url: str
+    when: str, src: str, text: str, trust: int, follow_up: bool, url: str
 ) -> dict[str, Any]:
     return {
-        "datetime": _minute(t),
+        "datetime": when,
         "source": SOURCE_LABELS.get(src, src),
         "question": text,
         "trust_score": round(trust / 100, 2),
@@ -259,11 +264,12 @@ def _references(rows: _Rows, idx: list[int], kind: Any) -> list[dict[str, Any]]:
     synthetic references are all websites, so any other ``referenced_sources`` is empty."""
     if isinstance(kind, str) and kind not in ("all", "website"):
         return []
+    asked = Counter(rows.refs[i] for i in idx)
     counts: dict[str, list[Any]] = {}
-    for i in idx:
-        for ref in rows.refs[i]:
+    for (question, n_refs), times in asked.items():
+        for ref in synthetic.reference_list(question, n_refs):
             hit = counts.setdefault(ref["link"], [ref["title"], 0])
-            hit[1] += 1
+            hit[1] += times
     ordered = sorted(counts.items(), key=lambda kv: (-kv[1][1], kv[0]))
     return [
         {"title": title, "link": link, "type": "Website", "reference_count": n}
