@@ -1151,3 +1151,15 @@ def test_handle_applies_faults_limits_and_survives_hook_errors() -> None:
     r = srv.handle(Request.post(lst, {}, key=KEY))
     assert r.status == 500 and len(srv.internal_errors) == 1
     assert [e.status for e in srv.log] == [200, 429, None, 500]
+
+
+def test_the_server_never_imports_the_clients_paging_code() -> None:
+    """A paging bug must not hide on both sides: the server is written independently."""
+    code = (
+        "import sys, guru_analytics.server\n"
+        "bad = [m for m in ('client', 'paging', 'sync', 'wire', 'store')"
+        " if 'guru_analytics.' + m in sys.modules]\n"
+        "print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
