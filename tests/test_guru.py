@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
@@ -249,7 +250,8 @@ def test_local_close_stops_the_server_and_removes_the_temporary_cache() -> None:
     db = g.db
     srv: LocalGurubase | None = g.server
     assert db.is_file() and srv is not None
-    address = srv.address
+    url = urlsplit(srv.base_url)
+    address = (url.hostname, url.port)
     g.close()
     assert not db.exists() and not db.parent.exists()
     with pytest.raises(OSError):
