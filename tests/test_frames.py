@@ -76,6 +76,7 @@ def test_activity_daily_utc_with_empty_days(con: duckdb.DuckDBPyConnection) -> N
     df = frames.activity(con, "g")
     assert list(df.columns) == [
         "bucket", "active_sessions", "new_sessions", "events", "active_users", "messages",
+        "complete",
     ]  # fmt: skip
     assert len(df) == 22  # Apr 7 .. Apr 28, idle days included
     assert df["bucket"].iloc[0] == ts("2025-04-07")
@@ -126,11 +127,13 @@ def test_activity_by_user_counts_shared_sessions_for_each(con: duckdb.DuckDBPyCo
     assert len(df) == 22 * 5  # every day for every active user, incl. (unattributed)
     assert list(df["user"].iloc[:5]) == ["(unattributed)", "alice", "bob", "carol", "erin"]
     k = df.set_index([df["bucket"].dt.day, "user"])
-    m = ["active_sessions", "new_sessions", "events", "active_users"]
-    assert tuple(k.loc[(8, "alice"), m]) == (2, 1, 2, 1)
-    assert tuple(k.loc[(8, "carol"), m]) == (1, 1, 1, 1)
-    assert tuple(k.loc[(9, "(unattributed)"), m]) == (2, 2, 2, 0)
-    assert tuple(k.loc[(7, "bob"), [*m, "messages"]]) == (1, 1, 2, 1, 2)
+    # issue 16: per-user rows have no active_users (it could only be 0 or 1 per row)
+    assert "active_users" not in df.columns
+    m = ["active_sessions", "new_sessions", "events"]
+    assert tuple(k.loc[(8, "alice"), m]) == (2, 1, 2)
+    assert tuple(k.loc[(8, "carol"), m]) == (1, 1, 1)
+    assert tuple(k.loc[(9, "(unattributed)"), m]) == (2, 2, 2)
+    assert tuple(k.loc[(7, "bob"), [*m, "messages"]]) == (1, 1, 2, 2)
     # per-user sums exceed the total by exactly the shared session's extra count
     total = frames.activity(con, "g")
     assert df["active_sessions"].sum() == total["active_sessions"].sum() + 2  # c1 twice, on 2 days
@@ -247,14 +250,17 @@ def test_activity_without_messages_says_so(con: duckdb.DuckDBPyConnection) -> No
 def test_users(con: duckdb.DuckDBPyConnection) -> None:
     df = frames.users(con, "g")
     assert list(df.columns) == [c.name for c in frames.COLUMNS["users"]]
+    # issue 16: only known users are ranked (ties share a rank, the next skips); the
+    # (unattributed) row comes last, unranked, with its share of ALL active sessions (8),
+    # while known users' shares are of the 6 sessions with a known user.
     assert rows(df, "user", "sessions", "events", "active_days", "active_weeks", "rank") == [
         ("alice", 3, 6, 5, 3, 1),
         ("bob", 2, 3, 2, 2, 2),
-        ("(unattributed)", 2, 2, 1, 1, 3),
-        ("carol", 1, 2, 2, 2, 4),
-        ("erin", 1, 2, 2, 2, 4),
+        ("carol", 1, 2, 2, 2, 3),
+        ("erin", 1, 2, 2, 2, 3),
+        ("(unattributed)", 2, 2, 1, 1, pd.NA),
     ]
-    assert list(df["share"]) == [3 / 8, 2 / 8, 2 / 8, 1 / 8, 1 / 8]
+    assert list(df["share"]) == [3 / 6, 2 / 6, 1 / 6, 1 / 6, 2 / 8]
     alice = df.iloc[0]
     assert alice["first_active"] == ts("2025-04-07T10:00Z")
     assert alice["last_active"] == ts("2025-04-21T15:00Z")
@@ -294,13 +300,19 @@ def test_retention_weekly(con: duckdb.DuckDBPyConnection) -> None:
         (3, 0, 3), (3, 1, 1), (3, 2, 2), (3, 3, 1),  # cohort Apr 7: alice, bob, carol
         (1, 0, 1), (1, 1, 1), (1, 2, 0),  # cohort Apr 14: erin; period 3 not observed yet
     ]  # fmt: skip
-    assert np.allclose(df["rate"], [1, 1 / 3, 2 / 3, 1 / 3, 1, 1, 0])
+    # issue 16: the week of Apr 28 is partial (the horizon is just after the newest event,
+    # Apr 28 08:00, as this cache has no sync run): no rate for it, users so far are kept.
+    assert list(df["complete"]) == [True, True, True, False, True, True, False]
+    assert np.allclose(df["rate"], [1, 1 / 3, 2 / 3, np.nan, 1, 1, np.nan], equal_nan=True)
     assert list(df["cohort"].dt.day) == [7, 7, 7, 7, 14, 14, 14]
     assert list(df["bucket"].dt.day) == [7, 14, 21, 28, 14, 21, 28]
     matrix = frames.retention_matrix(df)
     assert matrix.shape == (2, 4) and np.isnan(matrix.iloc[1, 3])
     assert len(frames.retention(con, "g", periods=2)) == 4
-    assert (frames.retention(con, "g", "M")["rate"] == [1.0]).all()
+    # April has not ended by the newest event: partial, no rate; given now= May 1 it has.
+    monthly = frames.retention(con, "g", "M")
+    assert not monthly["complete"].any() and monthly["rate"].isna().all()
+    assert (frames.retention(con, "g", "M", now="2025-05-01")["rate"] == [1.0]).all()
 
 
 # --- summary ----------------------------------------------------------------------------
@@ -485,7 +497,7 @@ def test_results_do_not_depend_on_the_connection_time_zone() -> None:
     )
     assert list(hours["events"]) == [1, 0, 1, 1, 0]
     assert frames.activity(c, "g", "W")["active_sessions"].tolist() == [6, 2, 2, 1]
-    assert frames.users(c, "g")["active_days"].tolist() == [5, 2, 1, 2, 2]
+    assert frames.users(c, "g")["active_days"].tolist() == [5, 2, 2, 2, 1]
     c.close()
 
 
