@@ -256,3 +256,30 @@ def test_local_close_stops_the_server_and_removes_the_temporary_cache() -> None:
     assert not db.exists() and not db.parent.exists()
     with pytest.raises(OSError):
         socket.create_connection(address, timeout=2).close()
+
+
+def test_now_words_and_the_sync_horizon_agree_across_guru_export_and_cli(
+    synced: tuple[Guru, int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """issue 16: one reading of now/today/latest for Guru, export and the CLI; a real sync
+    is the horizon of 'complete'."""
+    from guru_analytics import cli
+
+    g, _ = synced
+    latest = g.summary("7d", now="latest")
+    end = pd.Timestamp(g.status().last_event) + pd.Timedelta(microseconds=1)
+    assert latest["current_end"].iloc[0] == end
+    out = tmp_path / "summary.csv"
+    exported = g.export("summary", out, period="7d", now="latest")  # was rejected before
+    pd.testing.assert_frame_equal(exported, latest)
+    assert cli.main(["report", "summary", g.slug, "--db", str(g.db), "--period", "7d",
+                     "--now", "latest", "-o", str(tmp_path / "cli.csv")]) == 0  # fmt: skip
+    back = pd.read_csv(tmp_path / "cli.csv")
+    want = latest["current"].astype("float64").fillna(-1).tolist()
+    assert back["current"].fillna(-1).tolist() == want
+    # The sync ran after the synthetic data ended: every bucket is complete ...
+    assert g.activity("day")["complete"].all()
+    # ... unless the horizon is the newest event: then the last day is partial.
+    last = g.activity("day", now="latest")
+    assert not last["complete"].iloc[-1] and last["complete"].iloc[:-1].all()
+    capsys.readouterr()
