@@ -358,3 +358,17 @@ def columns_markdown() -> str:
         cols = "; ".join(f"`{c.name}` {c.doc}" for c in r.columns)
         lines.append(f"- **{r.name}**{needs}: {cols}.")
     return "\n".join(lines)
+
+
+def reports_markdown() -> str:
+    """The README's report table: name, what it is, the options it takes, its chart."""
+    charts: dict[str, list[str]] = {}
+    for c in CHARTS.values():
+        charts.setdefault(c.report, []).append(c.name)
+    lines = ["| report | what | options | charts |", "|---|---|---|---|"]
+    for r in REPORTS.values():
+        options = ", ".join(f"`{o}`" for o in OPTIONS if o in r.options)
+        drawn = ", ".join(f"`{c}`" for c in charts.get(r.name, [])) or "-"
+        needs = " (needs messages)" if r.needs_messages else ""
+        lines.append(f"| `{r.name}` | {r.doc}{needs} | {options} | {drawn} |")
+    return "\n".join(lines)

@@ -532,13 +532,21 @@ def _analytics_db(args: argparse.Namespace) -> str:
     return str(db)
 
 
+def _analytics_gurus(args: argparse.Namespace) -> str | list[str]:
+    """The GURU arguments, each checked as a slug (one slug, or a list of several)."""
+    from .checks import guru_slug
+
+    slugs = [guru_slug(g) for g in args.guru]
+    return slugs[0] if len(slugs) == 1 else slugs
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from . import catalog, reports
     from .store import Store
 
     kwargs = _frame_kwargs(args, catalog.report(args.report).options, f"the {args.report} report")
     reports.file_format(args.output)  # a bad name fails before any work
-    guru = args.guru[0] if len(args.guru) == 1 else list(args.guru)
+    guru = _analytics_gurus(args)
     with Store(_analytics_db(args)).reader() as con:
         df = reports.export(con, args.report, args.output, guru, **kwargs)
     if args.output != "-":
@@ -562,7 +570,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         if key not in catalog.chart(args.chart).plot_options:
             raise ConfigError(f"--{dest} does not apply to the {args.chart} chart: drop it")
         kwargs[key] = value
-    guru = args.guru[0] if len(args.guru) == 1 else list(args.guru)
+    guru = _analytics_gurus(args)
     with Store(_analytics_db(args)).reader() as con:
         ax = plots.chart(con, args.chart, guru, **kwargs)
     plots.save(ax, args.output)
