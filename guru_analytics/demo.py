@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from . import catalog
+from .checks import whole_number
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -84,8 +85,8 @@ def run_demo(
     from .synthetic import DEFAULT_END
 
     echo = _printer(stdout)
-    if n_sessions < 1 or n_users < 1 or days < 1:
-        raise ConfigError("--sessions, --users and --days must each be at least 1")
+    for value, name in ((n_sessions, "n_sessions"), (n_users, "n_users"), (days, "days")):
+        whole_number(value, name, minimum=1)
     t0 = monotonic()
     out_dir = Path(out).expanduser()
     if out_dir.exists() and not out_dir.is_dir():

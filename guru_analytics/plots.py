@@ -229,8 +229,9 @@ def plot_activity(
     if group is not None:
         detail = f" by {group}" + (f", top {top} + {OTHER}" if OTHER in wide.columns else "")
         _legend(ax, extra)
-    elif extra:
-        _legend(ax, extra)
+    elif extra:  # one series: only the partial key, inside, where it hides least
+        ax.set_ylim(top=ax.get_ylim()[1] * 1.15)  # headroom for the key
+        ax.legend(handles=extra, loc="upper right", fontsize="small", framealpha=0.9)
     ax.set_title(title or _bucket_title(_label(metric), freq, tz, detail))
     ax.margins(x=0.01)
     return ax

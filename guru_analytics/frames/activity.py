@@ -13,6 +13,7 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 
+from ..checks import whole_number
 from ..errors import ConfigError
 from ..store import UNATTRIBUTED
 from ._query import (
@@ -235,8 +236,7 @@ def top_n(df: pd.DataFrame, metric: str, n: int, group: str | None = None) -> pd
     by total, then ``other`` (when anything was summed), then ``(unattributed)`` (when
     present). Used by ``plots`` and the dashboard alike.
     """
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-        raise ConfigError(f"top must be a whole number >= 1, got {n!r}")
+    n = whole_number(n, "top", minimum=1)
     if group is None:
         group = next((g for g in ("user", "guru", "source") if g in df.columns), None)
     if group is None or group not in df.columns or metric not in df.columns:
@@ -244,7 +244,7 @@ def top_n(df: pd.DataFrame, metric: str, n: int, group: str | None = None) -> pd
     totals = df.groupby(group)[metric].sum().reset_index()
     totals = totals[totals[group] != UNATTRIBUTED]
     totals = totals.sort_values([metric, group], ascending=[False, True], kind="stable")
-    keep = list(totals[group].iloc[: int(n)])
+    keep = list(totals[group].iloc[:n])
     labels = df[group].where(df[group].isin([*keep, UNATTRIBUTED]), OTHER)
     wide = (
         df.assign(_g=labels)
