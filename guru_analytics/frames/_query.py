@@ -348,16 +348,21 @@ def _check_gurus(con: duckdb.DuckDBPyConnection, q: _Query) -> str:
 def _newest_event(con: duckdb.DuckDBPyConnection, q: _Query) -> pd.Timestamp | None:
     """The newest activity event of the query's gurus (of any user, any title; deleted
     sessions only with ``include_deleted``): what ``now="latest"`` means."""
-    deleted = "" if q.include_deleted else "AND NOT s.deleted"
+    # An anti join against the (few) deleted sessions, not a join with every session: the
+    # horizon is read by every bucketed frame and must stay a small part of it.
+    gone = (
+        "(SELECT guru, id FROM sessions WHERE false)"
+        if q.include_deleted
+        else "(SELECT guru, id FROM sessions WHERE deleted)"
+    )
     row = con.execute(
-        f"""SELECT max(ts) FROM (
-               SELECT o.last_used AS ts FROM observations o
-               JOIN sessions s ON s.guru = o.guru AND s.id = o.id
-               WHERE list_contains($gurus::VARCHAR[], o.guru) {deleted}
-               UNION ALL
-               SELECT m.date_created FROM messages m
-               JOIN sessions s ON s.guru = m.guru AND s.id = m.session_id
-               WHERE list_contains($gurus::VARCHAR[], m.guru) {deleted})""",
+        f"""SELECT greatest(
+               (SELECT max(o.last_used) FROM observations o
+                ANTI JOIN {gone} d ON d.guru = o.guru AND d.id = o.id
+                WHERE list_contains($gurus::VARCHAR[], o.guru)),
+               (SELECT max(m.date_created) FROM messages m
+                ANTI JOIN {gone} d ON d.guru = m.guru AND d.id = m.session_id
+                WHERE list_contains($gurus::VARCHAR[], m.guru)))""",
         {"gurus": q.gurus},
     ).fetchone()
     value = row[0] if row else None
