@@ -373,6 +373,11 @@ class Guru:
         with self.reader() as con:
             return fn(con, self.slug, *args, **params)
 
+    def report(self, name: str, **params: Any) -> pd.DataFrame:
+        """Any report of the catalogue by name (``catalog.REPORTS``), e.g.
+        ``guru.report("votes", freq="week")``; the named methods below are shortcuts."""
+        return self._frame(catalog.report(name).name, **params)
+
     def sessions(self, **filters: Any) -> pd.DataFrame:
         """One row per cached session (``frames.sessions``: start, end, users, search, ...)."""
         return self._frame("sessions", **filters)
@@ -433,6 +438,11 @@ class Guru:
             params["tz"] = self.tz
         with self.reader() as con:
             return plots.chart(con, name, self.slug, ax=ax, **params)
+
+    def plot(self, name: str, *, ax: Axes | None = None, **params: Any) -> Axes:
+        """Any chart of the catalogue by name (``catalog.CHARTS``), e.g.
+        ``guru.plot("trust", freq="week")``; the ``plot_*`` methods below are shortcuts."""
+        return self._chart(catalog.chart(name).name, ax, params)
 
     def plot_activity(
         self,

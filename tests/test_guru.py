@@ -277,6 +277,11 @@ def test_now_words_and_the_sync_horizon_agree_across_guru_export_and_cli(
     back = pd.read_csv(tmp_path / "cli.csv")
     want = latest["current"].astype("float64").fillna(-1).tolist()
     assert back["current"].fillna(-1).tolist() == want
+    # Every catalogue entry by name, the same frame as the shortcut
+    pd.testing.assert_frame_equal(g.report("lifecycle", freq="week"), g.lifecycle("week"))
+    assert isinstance(g.plot("users", top=3), Axes)
+    with pytest.raises(ConfigError, match="unknown report"):
+        g.report("nope")
     # The sync ran after the synthetic data ended: every bucket is complete ...
     assert g.activity("day")["complete"].all()
     # ... unless the horizon is the newest event: then the last day is partial.
