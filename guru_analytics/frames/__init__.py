@@ -101,6 +101,13 @@ FRAMES: dict[str, Callable[..., pd.DataFrame]] = {
 }
 """Report name -> frame function (a view of ``catalog.REPORTS``)."""
 
+
+def __getattr__(name: str) -> Callable[..., pd.DataFrame]:
+    """``frames.<function>`` for a catalogue report's function not imported above."""
+    if any(r.function == name for r in catalog.REPORTS.values()):
+        return _frame_function(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "BASIS_MESSAGES", "BASIS_OBSERVATIONS", "COLUMNS", "FRAMES", "FREQ_NAMES", "NOW_WORDS",
     "OTHER", "UNKNOWN_SOURCE", "Column", "Source", "SupportsReader", "TimeLike", "activity",
