@@ -108,6 +108,7 @@ def __getattr__(name: str) -> Callable[..., pd.DataFrame]:
         return _frame_function(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = [
     "BASIS_MESSAGES", "BASIS_OBSERVATIONS", "COLUMNS", "FRAMES", "FREQ_NAMES", "NOW_WORDS",
     "OTHER", "UNKNOWN_SOURCE", "Column", "Source", "SupportsReader", "TimeLike", "activity",
