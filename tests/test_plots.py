@@ -189,6 +189,32 @@ def test_save_png_and_svg(con: duckdb.DuckDBPyConnection, tmp_path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "a.svg"]
 
 
+def test_charts_and_csvs_share_one_atomic_write_and_file_mode(
+    con: duckdb.DuckDBPyConnection, tmp_path
+) -> None:
+    """issue 11: PNGs were written 0600 (mkstemp's mode) while CSVs got the umask's mode."""
+    from guru_analytics import reports
+
+    png = plots.save(plots.chart(con, "activity", "g"), tmp_path / "a.png")
+    csv = tmp_path / "a.csv"
+    reports.export(con, "activity", csv, "g")
+    assert png.stat().st_mode & 0o777 == csv.stat().st_mode & 0o777
+    # a failed draw leaves nothing behind, not even the temporary file
+    with pytest.raises(ValueError), reports.atomic_write(tmp_path / "b.png") as tmp:
+        tmp.write_bytes(b"half")
+        raise ValueError("boom")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "a.png"]
+
+
+def test_chart_rejects_options_its_frame_does_not_take(con: duckdb.DuckDBPyConnection) -> None:
+    with pytest.raises(ConfigError, match="by does not apply to the binge_length chart"):
+        plots.chart(con, "binge_length", "m", by="user")
+    with pytest.raises(ConfigError, match="freq does not apply to the users chart"):
+        plots.chart(con, "users", "g", freq="W")
+    with pytest.raises(ConfigError, match="not defined per user"):
+        plots.chart(con, "activity", "g", by="user", metric="active_users")
+
+
 def test_empty_frame_and_wrong_frame(con: duckdb.DuckDBPyConnection) -> None:
     empty = frames.users(con, "g", users=["nobody"])
     with pytest.raises(NoDataError, match="nothing to draw"):
