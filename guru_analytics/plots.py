@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from . import frames
-from .errors import ConfigError, NoDataError
+from .errors import ConfigError, NoDataError, OutputError
 
 OTHER = "other"
 _METRIC_LABELS = {
@@ -463,13 +463,16 @@ def save(target: Axes | Figure, path: str | os.PathLike[str], *, dpi: int = 120)
     fig = target if isinstance(target, Figure) else target.figure
     if not isinstance(fig, Figure):
         raise ConfigError("save() needs a matplotlib Axes or Figure")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".{fmt}", dir=out.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=fmt, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".{fmt}", dir=out.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fig.savefig(fh, format=fmt, dpi=dpi, bbox_inches="tight")
+            os.replace(tmp, out)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as exc:  # no permission, read-only file system, full disk
+        raise OutputError.writing(out, exc) from exc
     return out
