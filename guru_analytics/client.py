@@ -775,9 +775,12 @@ class GurubaseClient:
             return None
         try:
             return parse_api_timestamp(raw)
-        except ValueError:
+        except ValueError as exc:
+            problem = "is outside the years 1-9999" if "outside the years" in str(exc) else (
+                "is not an ISO 8601 UTC timestamp"
+            )
             raise self._shape_error(
-                call, where, f"is not an ISO 8601 UTC timestamp ({self._clean(raw, 40)!r})"
+                call, where, f"{problem} ({self._clean(raw, 40)!r})"
             ) from None
 
     def _parse_page(self, call: _Call, data: dict[str, Any], page_num: int) -> Page:

@@ -132,10 +132,14 @@ class OutputError(GuruAnalyticsError, OSError):
             reason = exc.strerror
         else:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-        return cls(
+        err = cls(
             f"cannot write {what}: {reason}: choose another -o path, or free space / fix "
             "permissions and run again"
         )
+        err.target = str(target)
+        return err
+
+    target: str = ""
 
 
 def mask_key(key: str | None) -> str:
