@@ -194,7 +194,7 @@ def _wait_until(cond: Callable[[], bool], timeout: float = 60.0) -> None:
 def test_ctrl_c_at_varied_moments_never_shows_a_traceback_and_the_next_sync_resumes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], key_env: None
 ) -> None:
-    items = listing(9000)
+    items = listing(4500)
     db = tmp_path / "c.duckdb"
     with HostileServer(serve_listing(items)) as srv:
         trials = 6
@@ -217,7 +217,11 @@ def test_ctrl_c_at_varied_moments_never_shows_a_traceback_and_the_next_sync_resu
                     proc.kill()
             assert "Traceback" not in err, err
             assert proc.returncode == 130, (proc.returncode, err)
-            assert err.strip().splitlines() == [INTERRUPTED]
+            lines = err.strip().splitlines()
+            assert lines[-1] == INTERRUPTED
+            # a second Ctrl-C inside the store's rollback can still log this line before it:
+            # store-side, pinned by the xfail test below
+            assert all(line.startswith("could not record the end") for line in lines[:-1]), err
             assert KEY not in out + err
         # nothing written was lost, and an uninterrupted sync completes the listing
         code, out, _err = sync_cli(srv, db, capsys)
@@ -262,6 +266,52 @@ def test_a_duckdb_interrupt_mid_sync_is_recorded_as_interrupted(tmp_path: Path) 
             summary = sync(GURU, client=client, store=store)
         assert summary.mode == "resume"
         store.close()
+
+
+class _SecondCtrlC:
+    """A real DuckDB connection on which one write statement, and then the ROLLBACK that
+    follows it, are hit by a Ctrl-C: a double Ctrl-C cannot be aimed at one statement of a
+    running sync, so this wrapper raises ``KeyboardInterrupt`` where it would land."""
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection, arm: list[bool]) -> None:
+        self._conn, self._arm = conn, arm
+
+    def execute(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+        text = sql.strip().upper()
+        if self._arm[0] and text.startswith("INSERT INTO SESSIONS"):
+            self._arm[0] = False
+            self._arm[1] = True
+            raise KeyboardInterrupt
+        if self._arm[1] and text == "ROLLBACK":
+            self._arm[1] = False
+            raise KeyboardInterrupt
+        return self._conn.execute(sql, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+@pytest.mark.xfail(strict=True, reason=STORE_SPLIT.format(1))
+def test_a_double_ctrl_c_inside_a_write_still_records_the_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    arm = [False, False]
+
+    def connect(path: str, read_only: bool) -> Any:
+        return _SecondCtrlC(duckdb.connect(path, read_only=read_only), arm)
+
+    items = listing(300)
+    with HostileServer(serve_listing(items)) as srv:
+        store = Store(tmp_path / "c.duckdb", connect=connect)
+        with GurubaseClient(KEY, srv.base_url, rate_limit=None) as client:
+            arm[0] = True
+            with pytest.raises(KeyboardInterrupt):
+                sync(GURU, client=client, store=store)
+            assert "could not record" not in caplog.text
+            assert list(store.runs(GURU)["outcome"]) == ["interrupted"]
+            assert sync(GURU, client=client, store=store).outcome == "ok"
+        store.close()
+    assert stored_ids(tmp_path / "c.duckdb") == {s["id"] for s in items}
 
 
 # --- 2. endless listings --------------------------------------------------------------
@@ -682,18 +732,19 @@ def test_a_report_during_an_unthrottled_sync_succeeds(tmp_path: Path) -> None:
 @pytest.mark.xfail(strict=True, reason=STORE_SPLIT.format(10))
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_a_sync_waits_for_a_reader_instead_of_dying(tmp_path: Path) -> None:
-    items = listing(300)
+    items = listing(150)
     db = tmp_path / "c.duckdb"
     Store(db).close()  # the file exists for the reader to wait on
     with HostileServer(serve_listing(items)) as srv:
-        # the reader grabs the file at the sync's first rate-limit wait and holds it 3 s
+        # the reader grabs the file at one of the sync's rate-limit waits (the sync releases
+        # it for waits over a second) and holds it 6 s, longer than the wait
         reader = subprocess.Popen(
-            [sys.executable, "-c", READER, str(db), "60", "3"],
+            [sys.executable, "-c", READER, str(db), "60", "6"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         try:
             store = Store(db, lock_timeout=0.5)
-            with GurubaseClient(KEY, srv.base_url, rate_limit=2, rate_window=1.0) as client:
+            with GurubaseClient(KEY, srv.base_url, rate_limit=2, rate_window=3.0) as client:
                 summary = sync(GURU, client=client, store=store)
             store.close()
         finally:
