@@ -4,9 +4,10 @@ Requests are the scarce resource (10 a minute by default), so every call goes th
 ``SlidingWindowLimiter`` per client; 429s, 5xx, dropped connections and timeouts are
 retried a bounded number of times with logged waits; and every answer is checked field by
 field so a changed or non-Gurubase server fails loudly instead of feeding bad rows to the
-cache. The API key travels only in the ``x-api-key`` header: messages, logs and reprs show
-at most ``errors.mask_key(key)``. Redirects are not followed, so the key is never replayed
-to another host.
+cache. Each answer is streamed under a whole-request deadline and a decompressed size cap,
+so a trickling server or a gzip bomb ends in a typed error. The API key travels only in the
+``x-api-key`` header: messages, logs and reprs show at most ``errors.mask_key(key)``.
+Redirects are not followed, so the key is never replayed to another host.
 """
 
 from __future__ import annotations
