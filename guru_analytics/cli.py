@@ -675,7 +675,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _drop_stdout()
         return _exit_code(exc)
     except KeyboardInterrupt:
-        return _interrupted()
+        # argv None: this is the process's own command line, which now only exits; more
+        # Ctrl-Cs during the exit would print tracebacks from interpreter shutdown
+        return _interrupted(keep_ignoring=argv is None)
 
 
 def _drop_stdout() -> None:
@@ -694,7 +696,7 @@ def _drop_stdout() -> None:
 _INTERRUPTED = "guru-analytics: interrupted; the cache keeps every page written so far"
 
 
-def _interrupted() -> int:
+def _interrupted(*, keep_ignoring: bool) -> int:
     """Say so in one line and exit 130; a second Ctrl-C while saying it changes nothing."""
     import signal
     import threading
@@ -704,7 +706,7 @@ def _interrupted() -> int:
     try:
         print(_INTERRUPTED, file=sys.stderr, flush=True)
     finally:
-        if previous is not None:
+        if previous is not None and not keep_ignoring:
             signal.signal(signal.SIGINT, previous)
     return 130
 

@@ -173,7 +173,7 @@ class HostileServer:
                 h.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up on us: that is what some tests want
-        h.close_connection = True
+        h.close_connection = headers.get("Connection", "").lower() == "close"
 
 
 def _bytes(data: bytes) -> Iterator[bytes]:
