@@ -733,7 +733,8 @@ class GurubaseClient:
     def _clean(self, text: str, limit: int) -> str:
         """One line, no control characters, the key masked, at most ``limit`` characters."""
         text = str(text).replace(self._key, mask_key(self._key))
-        text = " ".join(_CONTROL.sub(" ", text).split())
+        # lone surrogates cannot be encoded: the message would not reach the run ledger
+        text = " ".join(_CONTROL.sub(" ", _SURROGATE.sub(_REPLACEMENT, text)).split())
         return text if len(text) <= limit else text[: limit - 1] + "…"
 
     # --- parsing -----------------------------------------------------------------------
@@ -822,6 +823,11 @@ class GurubaseClient:
         return Page(page_num=page_num, has_more=has_more, sessions=sessions)
 
     def _parse_conversation(self, call: _Call, data: dict[str, Any]) -> Conversation:
+        # repair the top-level fields here; each message is repaired (and noted) below
+        has_messages, messages_field = "conversation" in data, data.get("conversation")
+        data, _ = _repair_text({k: v for k, v in data.items() if k != "conversation"})
+        if has_messages:
+            data["conversation"] = messages_field
         binge_id = self._get(call, data, "binge_id", "binge_id", (str,), required=False)
         items = self._get(call, data, "conversation", "conversation", (list,), required=True)
         messages: list[Message] = []

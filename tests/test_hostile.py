@@ -569,6 +569,39 @@ def test_the_client_notes_which_fields_it_repaired() -> None:
     assert got.sessions[1].root_question_name == "\ufffdx"
 
 
+def test_an_undecodable_error_message_still_reaches_the_run_ledger(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key_env: None
+) -> None:
+    db = tmp_path / "c.duckdb"
+    with HostileServer(lambda req: Reply(400, '{"msg": "bad \\ud800 page"}')) as srv:
+        code, _out, err = sync_cli(srv, db, capsys)
+    assert code == 1 and "bad \ufffd page" in one_error_line(err)
+    store = Store(db)
+    try:
+        runs = store.runs(GURU)
+    finally:
+        store.close()
+    assert list(runs["outcome"]) == ["error"] and "\ufffd" in runs["error"].iloc[0]
+
+
+def test_undecodable_text_in_a_conversation_is_repaired() -> None:
+    stamp = "2025-06-01T12:00:00.000000+00:00"
+    message = {
+        "id": "1", "slug": "q", "user_question": "u", "question": "q", "answer": "a \ud83d",
+        "date_created": stamp, "date_updated": stamp, "references": [], "trust_score": 80,
+        "parent_slug": None, "source": "USER", "user_vote": None,
+    }  # fmt: skip
+    body = json.dumps({"binge_id": "b1", "root_question_slug": "s \udfff",
+                       "date_created": stamp, "last_used": stamp, "conversation": [message]})
+    with (
+        HostileServer(lambda req: Reply(body=body)) as srv,
+        GurubaseClient(KEY, srv.base_url, rate_limit=None) as client,
+    ):
+        conv = client.get_session("b1")
+    assert conv.root_question_slug == "s \ufffd"
+    assert conv.messages[0].answer == "a \ufffd" and conv.messages[0].repaired == ("answer",)
+
+
 # --- 7. whole-request deadline and body size cap --------------------------------------
 
 
