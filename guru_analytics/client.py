@@ -849,6 +849,14 @@ class GurubaseClient:
                         call, f"{where}.trust_score", f"is {score!r}, expected a whole number"
                     )
                 score = int(score)
+            if score is not None and not 0 <= score <= 100:
+                # out of the documented 0-100 (10**30 would not even fit a column): keep the
+                # message without it rather than block this session's messages for ever
+                self._log.warning(
+                    "%s: %s.trust_score %s is outside 0-100; stored as missing",
+                    call.label, where, self._clean(str(score), 40),
+                )
+                score, repaired = None, (*repaired, "trust_score")
             strings = {
                 name: self._get(call, item, name, f"{where}.{name}", (str,), required=False)
                 for name in (

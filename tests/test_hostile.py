@@ -602,6 +602,35 @@ def test_undecodable_text_in_a_conversation_is_repaired() -> None:
     assert conv.messages[0].answer == "a \ufffd" and conv.messages[0].repaired == ("answer",)
 
 
+def test_a_trust_score_out_of_range_is_dropped_not_fatal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key_env: None
+) -> None:
+    stamp = "2025-06-01T12:00:00.000000+00:00"
+    items = listing(3)
+
+    def script(req: Request) -> Reply:
+        if req.path.endswith("/sessions/"):
+            return Reply(body=page(items, False))
+        sid = req.path.split("/")[-3]
+        msg = {"id": "1", "slug": "q", "user_question": "u", "question": "q", "answer": "a",
+               "date_created": stamp, "date_updated": stamp, "references": [],
+               "trust_score": 10**30, "parent_slug": None, "source": "USER", "user_vote": None}
+        return Reply(body={"binge_id": sid, "root_question_slug": "s", "date_created": stamp,
+                           "last_used": stamp, "conversation": [msg]})  # fmt: skip
+
+    db = tmp_path / "c.duckdb"
+    with HostileServer(script) as srv:
+        code, _out, err = sync_cli(srv, db, capsys, "--messages")
+    assert code == 0, err
+    store = Store(db)
+    try:
+        with store.reader() as con:
+            got = con.execute("SELECT count(*), count(trust_score) FROM messages").fetchone()
+    finally:
+        store.close()
+    assert got == (3, 0)
+
+
 # --- 7. whole-request deadline and body size cap --------------------------------------
 
 
