@@ -713,8 +713,9 @@ def _interrupted(*, keep_ignoring: bool) -> int:
 
 def _duckdb_as_ours(exc: Exception, args: argparse.Namespace) -> BaseException:
     """DuckDB's interrupt (a Ctrl-C that landed inside a query) as ``KeyboardInterrupt``, its
-    I/O errors on the cache (a truncated file, a full disk) as ``CacheError``; anything else
-    unchanged (a bug should show its traceback)."""
+    I/O errors on the cache (a truncated file, a full disk) as ``CacheError``, running out of
+    memory (e.g. hourly buckets since year 1) as one line; anything else unchanged (a bug
+    should show its traceback)."""
     from .errors import CacheError
 
     duckdb = sys.modules.get("duckdb")
@@ -724,6 +725,12 @@ def _duckdb_as_ours(exc: Exception, args: argparse.Namespace) -> BaseException:
         type(exc) is RuntimeError and str(exc) == "Query interrupted"
     ):
         return KeyboardInterrupt()
+    if isinstance(exc, duckdb.OutOfMemoryException):
+        detail = (str(exc).strip().splitlines() or ["out of memory"])[0][:160]
+        return GuruAnalyticsError(
+            f"not enough memory for this ({detail}): narrow --start/--end, use a coarser "
+            "--freq or fewer gurus/users"
+        )
     if isinstance(exc, duckdb.IOException):
         where = f"cache {args.db}" if getattr(args, "db", None) else "the cache"
         detail = " ".join(str(exc).split())[:200]

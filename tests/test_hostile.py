@@ -506,6 +506,25 @@ def test_a_full_disk_behind_stdout_is_one_line(synced_cache: Path) -> None:
     assert "No space left on device" in one_error_line(proc.stderr)
 
 
+def _limit_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (2_000_000_000, 2_000_000_000))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS")
+def test_a_report_too_big_for_memory_is_one_line(synced_cache: Path) -> None:
+    # hourly buckets since year 1 (a hostile --start, or a year-1 last_used: item 5), in a
+    # process allowed 2 GB: DuckDB runs out of memory, the user gets one line
+    proc = subprocess.run(
+        [sys.executable, "-m", "guru_analytics", "report", "activity", GURU, "--db",
+         str(synced_cache), "--start", "0001-01-01", "--freq", "hour", "-o", "-"],
+        capture_output=True, text=True, timeout=300, preexec_fn=_limit_memory,
+    )  # fmt: skip
+    assert proc.returncode in (1, 2) and proc.stdout == ""  # 2 once frames bound the buckets
+    one_error_line(proc.stderr)
+
+
 # --- 5. a far-future last_used --------------------------------------------------------
 
 
