@@ -926,23 +926,28 @@ def _repair_text(item: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]
 
 
 def _has_surrogate(value: Any) -> bool:
-    if isinstance(value, str):
-        return not value.isascii() and _SURROGATE.search(value) is not None
-    if isinstance(value, dict):
-        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_surrogate(v) for v in value)
+    """Whether any string in ``value`` (keys included) holds a lone surrogate. A loop, not
+    recursion: a field nested as deep as JSON allows must not overflow the stack here."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if not v.isascii() and _SURROGATE.search(v) is not None:
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v)
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
     return False
 
 
 def _replace_surrogates(value: Any) -> Any:
     if isinstance(value, str):
         return _SURROGATE.sub(_REPLACEMENT, value)
-    if isinstance(value, dict):
-        return {_replace_surrogates(k): _replace_surrogates(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_replace_surrogates(v) for v in value]
-    return value
+    # nested: through JSON text, whose C codec handles any depth the decoder accepted
+    text = json.dumps(value, ensure_ascii=False)
+    return json.loads(_SURROGATE.sub(_REPLACEMENT, text))
 
 
 def _json_type(value: object) -> str:

@@ -588,6 +588,21 @@ def test_the_client_notes_which_fields_it_repaired() -> None:
     assert got.sessions[1].root_question_name == "\ufffdx"
 
 
+@pytest.mark.parametrize("inner", ["", '"\\ud800"'])
+def test_an_unknown_field_nested_900_deep_is_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key_env: None, inner: str
+) -> None:
+    # deep, but within what the JSON decoder reads: the repair walk must not overflow
+    depth = 900
+    item = json.dumps(session(0, T0))[:-1] + ', "x": ' + "[" * depth + inner + "]" * depth + "}"
+    body = '{"today": [], "last_week": [], "older": [' + item + '], "has_more": false}'
+    db = tmp_path / "c.duckdb"
+    with HostileServer(lambda req: Reply(body=body)) as srv:
+        code, _out, err = sync_cli(srv, db, capsys)
+    assert code == 0, err
+    assert len(stored_ids(db)) == 1
+
+
 def test_an_undecodable_error_message_still_reaches_the_run_ledger(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], key_env: None
 ) -> None:
