@@ -332,6 +332,11 @@ def test_an_endless_listing_stops_with_one_line(
     with HostileServer(script) as srv:
         code, _out, err = sync_cli(srv, db, capsys)
         asked = srv.list_pages()
+        # the next run does not carry on from the last repeated page: it starts over where
+        # the listing stopped bringing anything, and stops again as soon
+        assert sync_cli(srv, db, capsys)[0] == 1
+        again = srv.list_pages()[len(asked):]
+    assert again[0] <= 2 and len(again) <= len(asked)
     line = one_error_line(err)
     assert code == 1 and "has_more=true" in line and "without a session" in line
     assert len(asked) < 40  # bounded by what the listing showed, not by a day of requests
