@@ -207,6 +207,7 @@ class _Call:
     endpoint: str
     kind: str  # "list" | "session"
     subject: str  # guru slug or session id
+    max_bytes: int | None = None  # this call's body cap, if not the client's (an export)
 
 
 class GurubaseClient:
@@ -495,7 +496,7 @@ class GurubaseClient:
     def _read_body(self, call: _Call, resp: requests.Response, started: float) -> bytes:
         """The whole body, read in pieces so the request deadline holds against a trickle, and
         decompressed here so the size cap counts what gzip expands to (a bomb stops early)."""
-        cap = self.max_body_bytes
+        cap = call.max_bytes or self.max_body_bytes
         encoding = resp.headers.get("Content-Encoding", "").strip().lower()
         if encoding in ("", "identity"):
             decoder = None
@@ -547,8 +548,9 @@ class GurubaseClient:
         return bytes(out)
 
     def _too_large(self, call: _Call, status: int, size: str) -> ResponseTooLargeError:
+        cap = call.max_bytes or self.max_body_bytes
         return ResponseTooLargeError(
-            f"{call.label}: the answer is too large ({size}, the cap is {self.max_body_bytes} "
+            f"{call.label}: the answer is too large ({size}, the cap is {cap} "
             "bytes after decompression); no real page is: check the base URL, or raise "
             "max_body_bytes if this server is trusted",
             status=status,
