@@ -31,6 +31,7 @@ there) and pre-wait flushing through the limiter's observers; the tqdm bar is on
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import os
@@ -110,10 +111,9 @@ class SyncSummary:
     run_id: int | None = None
     notes: list[str] = field(default_factory=list)
 
-    def __str__(self) -> str:
-        names = _listings_text(self.listings)
-        rows = [
-            ("listings", names),
+    def _rows(self) -> list[tuple[str, str]]:
+        return [
+            ("listings", _listings_text(self.listings)),
             (
                 "requests",
                 f"{self.requests} (pages {self.pages}, tie re-reads {self.tie_rereads}, "
@@ -130,12 +130,33 @@ class SyncSummary:
                 f"{self.messages_fetched} sessions fetched, {self.messages_remaining} remaining",
             ),
         ]
+
+    def _head(self) -> str:
         run = f"run {self.run_id}" if self.run_id is not None else "no run"
-        head = f"sync {self.guru}: {self.mode}, {self.outcome} ({run}, {self.seconds:.1f} s)"
+        return f"sync {self.guru}: {self.mode}, {self.outcome} ({run}, {self.seconds:.1f} s)"
+
+    def __str__(self) -> str:
+        rows = self._rows()
         width = max(len(k) for k, _ in rows)
-        lines = [head, *(f"  {k:<{width}}  {v}" for k, v in rows)]
+        lines = [self._head(), *(f"  {k:<{width}}  {v}" for k, v in rows)]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        """One line (a notebook cell ending in ``g.sync()`` shows this, not a field dump)."""
+        notes = f", {len(self.notes)} note(s)" if self.notes else ""
+        return (
+            f"<SyncSummary {self.guru}: {self.mode}, {self.outcome}, {self.requests} requests, "
+            f"{self.sessions_new} new, {self.sessions_changed} changed, "
+            f"{self.sessions_deleted} deleted{notes}>"
+        )
+
+    def _repr_html_(self) -> str:
+        """A small table for Jupyter."""
+        cell = "<tr><th style='text-align:left'>{}</th><td style='text-align:left'>{}</td></tr>"
+        body = "".join(cell.format(html.escape(k), html.escape(v)) for k, v in self._rows())
+        body += "".join(cell.format("note", html.escape(n)) for n in self.notes)
+        return f"<table><caption>{html.escape(self._head())}</caption>{body}</table>"
 
 
 def _listing_label(key: str) -> str:
@@ -941,8 +962,10 @@ def sync(
 def _plan(store: Store, guru: str, listing: Listing, full: bool) -> _Plan:
     """How one listing is read: resume its interrupted pass, a full pass, or incremental."""
     state = store.get_state(guru, listing.key)
-    if state is not None and state.pass_next_page is not None and not (
-        full and state.pass_mode == "incremental"
+    if (
+        state is not None
+        and state.pass_next_page is not None
+        and not (full and state.pass_mode == "incremental")
     ):
         mode = "resume"
     elif full or state is None or state.watermark is None:

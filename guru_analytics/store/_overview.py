@@ -108,9 +108,7 @@ class Overview:
         check_guru(guru)
         with self._db.reader() as conn:
             total = count(
-                conn.execute(
-                    "SELECT count(*) FROM sessions WHERE guru = ? AND NOT deleted", [guru]
-                )
+                conn.execute("SELECT count(*) FROM sessions WHERE guru = ? AND NOT deleted", [guru])
             )
             rows = conn.execute(
                 "SELECT u.external_user_id, count(*) FROM session_users u "
