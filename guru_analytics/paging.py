@@ -198,11 +198,6 @@ class Pass:
         return self.forward_done and not self._resolving
 
     @property
-    def next_forward(self) -> int:
-        """The next page of the forward walk (not counting re-reads)."""
-        return self._next_forward
-
-    @property
     def resume_page(self) -> int:
         """The first page not fully settled: an unresolved tie group's first page, else the next
         forward page. Persist this so a killed pass can resume without losing a tie group."""

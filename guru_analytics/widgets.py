@@ -759,7 +759,9 @@ class Dashboard(widgets.VBox):
     def _sync_worker(self) -> None:
         try:
             summary = self.guru.sync(
-                progress=False, on_request=self._on_request, **self.sync_options
+                progress=False,
+                on_progress=lambda p: self._on_request(p.requests),
+                **self.sync_options,
             )
         except GuruAnalyticsError as exc:
             self.progress.bar_style = "danger"
