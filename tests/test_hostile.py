@@ -808,7 +808,6 @@ with store.reader() as con:
 """
 
 
-@pytest.mark.xfail(strict=True, reason=STORE_SPLIT.format(10))
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_a_report_during_an_unthrottled_sync_succeeds(tmp_path: Path) -> None:
     items = listing(60_000)
