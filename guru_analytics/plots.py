@@ -84,7 +84,7 @@ def _freq(df: pd.DataFrame, column: str = "bucket") -> str:
     return "Y"
 
 
-def _num(ts: pd.Series | pd.DatetimeIndex) -> np.ndarray:
+def _num(ts: pd.Series | pd.Index) -> np.ndarray:
     """Matplotlib date numbers (days since the epoch, UTC) for tz-aware instants."""
     idx = pd.DatetimeIndex(ts).tz_convert("UTC").tz_localize(None)
     return np.asarray(mdates.date2num(idx.to_numpy()))
@@ -175,7 +175,7 @@ def _mark_partial_bars(
     """Hatch and lighten every bar whose bucket is partial (the bars stay where they are)."""
     lefts = {round(float(x), 9) for x, b in zip(left, starts, strict=True) if b in partial}
     for patch in ax.patches:
-        if round(float(patch.get_x()), 9) in lefts:
+        if isinstance(patch, Rectangle) and round(float(patch.get_x()), 9) in lefts:
             patch.set_hatch(PARTIAL_HATCH)
             patch.set_alpha(PARTIAL_ALPHA)
             patch.set_edgecolor("gray")
@@ -379,7 +379,7 @@ def plot_retention(
             text = f"{data[i, j]:.0%}" if value == "rate" else f"{int(data[i, j])}"
             dark = value == "rate" and data[i, j] > 0.6
             ax.text(
-                j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black"
+                int(j), int(i), text, ha="center", va="center", fontsize=7, color="white" if dark else "black"
             )
     for i, j in zip(*np.nonzero(partial), strict=True):  # partial: hatched, users so far
         ax.add_artist(
@@ -442,7 +442,7 @@ def plot_binge_length(
     ax = _axes(ax, (8.0, 4.0))
     if bins is None:
         top = int(counts.max())
-        bins = np.arange(0.5, top + 1.5) if top <= 60 else 40
+        bins = np.arange(0.5, top + 1.5).tolist() if top <= 60 else 40
     ax.hist(counts, bins=bins, color="tab:purple", edgecolor="white")
     ax.set_xlabel("Messages per session")
     _count_axis(ax)
