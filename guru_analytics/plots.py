@@ -379,7 +379,13 @@ def plot_retention(
             text = f"{data[i, j]:.0%}" if value == "rate" else f"{int(data[i, j])}"
             dark = value == "rate" and data[i, j] > 0.6
             ax.text(
-                int(j), int(i), text, ha="center", va="center", fontsize=7, color="white" if dark else "black"
+                int(j),
+                int(i),
+                text,
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if dark else "black",
             )
     for i, j in zip(*np.nonzero(partial), strict=True):  # partial: hatched, users so far
         ax.add_artist(

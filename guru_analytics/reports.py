@@ -155,7 +155,6 @@ class atomic_write:
             raise OutputError.writing(self.path, exc) from exc  # e.g. the disk filled up
 
 
-
 def file_format(path: str | os.PathLike[str]) -> str:
     """``"csv"`` or ``"parquet"`` from the file name (``-`` is CSV on stdout)."""
     if str(path) == "-":

@@ -60,7 +60,9 @@ def utc_now() -> datetime:
 def check_tz(tz: str) -> str:
     """Return ``tz`` if it is a known IANA zone name, else raise ``ConfigError``."""
     if not isinstance(tz, str) or not tz:
-        raise ConfigError(f"time zone {tz!r} is not valid: use an IANA name such as 'Europe/Berlin' or 'UTC'")
+        raise ConfigError(
+            f"time zone {tz!r} is not valid: use an IANA name such as 'Europe/Berlin' or 'UTC'"
+        )
     try:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError) as exc:
