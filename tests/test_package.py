@@ -212,18 +212,20 @@ def test_all_names_resolve() -> None:
         assert getattr(guru_analytics, name) is not None, name
 
 
-def test_import_loads_nothing_heavy() -> None:
-    """``import guru_analytics`` (and reading ``__version__``) is instant: no heavy library
-    loads until a public name is used. A fresh interpreter, so this test's imports do not count."""
+@pytest.mark.parametrize("module", ["guru_analytics", "guru_analytics.cli"])
+def test_import_loads_nothing_heavy(module: str) -> None:
+    """``import guru_analytics`` (and reading ``__version__``) is instant, and so is the CLI's
+    start (``--help``, a typo): no heavy library loads until a command needs it. A fresh
+    interpreter, so this test's own imports do not count."""
     code = (
-        "import sys, guru_analytics\n"
+        f"import sys, guru_analytics, {module}\n"
         "assert guru_analytics.__version__\n"
         f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
-    assert out.stdout.strip() == "[]", f"import guru_analytics loaded {out.stdout.strip()}"
+    assert out.stdout.strip() == "[]", f"import {module} loaded {out.stdout.strip()}"
 
 
 def test_version_is_the_installed_one() -> None:
