@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 import matplotlib.dates as mdates
 import numpy as np
 import pandas as pd
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -140,7 +141,7 @@ def _bars_or_lines(
         raise ConfigError(f"unknown kind {kind!r}: use 'bar' or 'line'")
 
 
-def _legend(ax: Axes, extra: Sequence[Any] = ()) -> None:
+def _legend(ax: Axes, extra: Sequence[Artist] = ()) -> None:
     """Legend outside the plot area, on the right, so it never hides a bar; ``extra``
     handles (the partial-bucket key) come after the series."""
     handles, labels = ax.get_legend_handles_labels()
@@ -159,7 +160,7 @@ def _partial_buckets(df: pd.DataFrame, column: str = "bucket") -> set[pd.Timesta
     return set(pd.DatetimeIndex(df.loc[~df["complete"].astype(bool), column]))
 
 
-def _partial_key(df: pd.DataFrame, kind: str = "bar") -> Any:
+def _partial_key(df: pd.DataFrame, kind: str = "bar") -> Artist:
     """The legend handle explaining the partial marking (data until the horizon)."""
     until = df.attrs.get("horizon")
     note = f" (data until {pd.Timestamp(until):%Y-%m-%d %H:%M})" if until else ""

@@ -12,6 +12,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
@@ -48,7 +49,7 @@ class HTTPServer(http.server.ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], app: App, sleep: Any) -> None:
+    def __init__(self, address: tuple[str, int], app: App, sleep: Callable[[float], None]) -> None:
         super().__init__(address, _Handler)
         self.app = app
         self.sleep = sleep
