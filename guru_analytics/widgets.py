@@ -732,7 +732,7 @@ class SyncProgressView:
             value=0.0,
             min=0.0,
             max=1.0,
-            layout=widgets.Layout(width="200px", min_width="200px", visibility="hidden"),
+            layout=widgets.Layout(width="200px", min_width="200px", display="none"),
         )
         self.label = widgets.HTML(layout=widgets.Layout(flex="1 1 auto"))
         self.widget = widgets.HBox(
@@ -747,7 +747,7 @@ class SyncProgressView:
         self.fraction, self.sessions, self.last = None, 0, None
         self.bar.value = 0.0
         self.bar.bar_style = "info"
-        self.bar.layout.visibility = "hidden"
+        self.bar.layout.display = "none"
         self.label.value = html.escape(text)
 
     def apply(self, progress: SyncProgress) -> None:
@@ -760,7 +760,7 @@ class SyncProgressView:
             self.fraction = max(self.fraction or 0.0, min(1.0, progress.fraction))
         if self.fraction is not None:
             self.bar.value = self.fraction
-            self.bar.layout.visibility = "visible"
+            self.bar.layout.display = None
         self.bar.bar_style = "success" if progress.phase == "done" else "info"
         self.label.value = html.escape(describe_progress(progress, self.fraction, self.sessions))
 
@@ -851,11 +851,13 @@ class Dashboard(widgets.VBox):
         self.sync_button.on_click(lambda _b: self.sync_now())
         self.export_button.on_click(lambda _b: self._export_clicked())
         self._views = (self.summary_view, self.activity_view, self.users_view, self.heatmap_view)
+        for view, name in zip(self._views, ("summary", "activity", "users", "heatmap"), strict=True):
+            view.add_class(f"guru-{name}")  # stable hooks for the page's CSS and browser tests
 
         header = widgets.HTML(f"{_STYLE}<b>{html.escape(guru.slug)}</b>")
         actions = widgets.HBox(
-            [self.sync_button, self.progress.widget, self.export_button, self.export_link],
-            layout=widgets.Layout(align_items="center", flex_flow="row wrap"),
+            [self.sync_button, self.export_button, self.export_link],
+            layout=widgets.Layout(align_items="center"),
         )
         views = widgets.VBox(
             [
@@ -866,7 +868,9 @@ class Dashboard(widgets.VBox):
                 ),
             ]
         )
-        super().__init__([header, self.controls.widget, actions, self.status, views])
+        super().__init__(
+            [header, self.controls.widget, actions, self.progress.widget, self.status, views]
+        )
         self.add_class("guru-dashboard")
 
         self._debouncer = Debouncer(self._refresh_in_background, debounce, timer_factory)

@@ -615,7 +615,7 @@ def test_progress_bar_never_moves_backwards_across_listings() -> None:
         )
         shown.append(view.bar.value)
     assert shown == [0.5, 0.75, 0.75, 0.875, 0.875]
-    assert view.bar.layout.visibility == "visible"
+    assert view.bar.layout.display is None  # shown
     text = view.label.value
     assert "reading user:b" in text and "88%" in text and "100 of ~300 sessions" in text
     assert "10 of ~20 requests" in text and "6.0 s/request" in text and "about 60 s left" in text
@@ -627,7 +627,7 @@ def test_progress_with_an_unknown_total_shows_sessions_so_far() -> None:
     view.apply(SyncProgress("listing", listing="guru-wide", requests=3, pages=3, sessions=90,
                             seconds_per_request=6.0))  # fmt: skip
     view.apply(SyncProgress("listing", listing="guru-wide", requests=4, pages=4, sessions=80))
-    assert view.bar.layout.visibility == "hidden"  # no total: no bar pretending to know one
+    assert view.bar.layout.display == "none"  # no total: no bar pretending to know one
     text = view.label.value
     assert "90 sessions so far" in text and "total unknown" in text
     assert "left" not in text and "%" not in text
