@@ -218,7 +218,7 @@ def test_served_dashboard_in_chromium(served: Served) -> None:
             page.wait_for_selector(f".guru-dashboard:not(.guru-busy) {CHART}", timeout=60_000)
             timings["first page (kernel start + first render)"] = time.perf_counter() - t0
             # The page scrolls inside Voila's container: a tall viewport shows all of it.
-            page.set_viewport_size({"width": 1100, "height": 1400})
+            page.set_viewport_size({"width": 1100, "height": 1480})
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"))
 
             # No key: the sync button is off and the page says why.
