@@ -645,22 +645,35 @@ def summary_html(summary: pd.DataFrame, tz: str = "UTC") -> str:
     return f'<div style="display:flex;gap:8px;flex-wrap:wrap">{"".join(cards)}</div>{note}'
 
 
+# Columns holding a fraction 0..1 (shown as percentages) and a percentage (shown signed).
+_FRACTIONS = frozenset({"share", "rate"})
+_PERCENTS = frozenset({"change_pct"})
+
+
+def readable(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of a frame for people to read (notebooks, the dashboard): instants to the
+    minute in their own zone (frames return them in the chosen one), ``share``/``rate`` as
+    ``12.3%``, ``change_pct`` as ``+12%``. The frame itself keeps full precision; export
+    that, not this."""
+    out = df.copy()
+    for name in out.columns:
+        s = out[name]
+        if isinstance(s.dtype, pd.DatetimeTZDtype):
+            out[name] = s.dt.strftime("%Y-%m-%d %H:%M").where(s.notna(), "")
+        elif name in _FRACTIONS and pd.api.types.is_numeric_dtype(s):
+            out[name] = [("" if pd.isna(v) else f"{100 * v:.1f}%") for v in s]
+        elif name in _PERCENTS and pd.api.types.is_numeric_dtype(s):
+            out[name] = [("" if pd.isna(v) else f"{v:+.0f}%") for v in s]
+    return out
+
+
 def users_html(top: pd.DataFrame) -> str:
-    """The top-users table as people read it: times to the minute (in the frame's zone),
-    shares as percentages; the frame itself keeps full precision."""
+    """The top-users table as people read it (``readable``)."""
     if top.empty:
         return "<i>No user activity in this selection.</i>"
-    shown = pd.DataFrame(
-        {
-            "rank": top["rank"],
-            "user": top["user"],
-            "sessions": top["sessions"],
-            "events": top["events"],
-            "active days": top["active_days"],
-            "last active": top["last_active"].dt.strftime("%Y-%m-%d %H:%M"),
-            "share": (top["share"] * 100).round(1).astype(str) + "%",
-        }
-    )
+    shown = readable(
+        top[["rank", "user", "sessions", "events", "active_days", "last_active", "share"]]
+    ).rename(columns={"active_days": "active days", "last_active": "last active"})
     return shown.to_html(index=False, border=0, classes="guru-users", escape=True)
 
 
@@ -926,11 +939,14 @@ class Dashboard(widgets.VBox):
     def refresh(self) -> Rendered | None:
         """Read the controls, render from the cache and swap the views, superseding any redraw
         still computing. Errors become a readable status line (and dim the views), never a
-        traceback in the notebook. Returns None when there is nothing to show."""
+        traceback in the notebook. Returns None when there is nothing to show. A caller of
+        ``refresh()`` gets its render even if a newer request arrives meanwhile (that one
+        then replaces it on screen)."""
+        self._debouncer.cancel()  # this draws the current controls: a pending redraw would repeat it
         with self._state:
             self.generation += 1
             generation = self.generation
-        return self._render_generation(generation)
+        return self._render_generation(generation, wanted=True)
 
     def _refresh_in_background(self) -> None:
         """The debounced redraw. If one is running, only raise the generation: the running
@@ -960,9 +976,11 @@ class Dashboard(widgets.VBox):
     def _stale(self, generation: int) -> bool:
         return self.generation != generation
 
-    def _render_generation(self, generation: int) -> Rendered | None:
+    def _render_generation(self, generation: int, *, wanted: bool = False) -> Rendered | None:
+        """Render ``generation`` unless a newer one is requested (then drop it, at the latest
+        at its next step); ``wanted`` = a caller waits for the result: finish it anyway."""
         with self._render_lock:
-            if self._stale(generation):
+            if self._stale(generation) and not wanted:
                 self.dropped += 1
                 return None
             if generation == self._drawn and self.last is not None:
@@ -975,7 +993,7 @@ class Dashboard(widgets.VBox):
                         con,
                         self.guru.slug,
                         params,
-                        should_stop=lambda: self._stale(generation),
+                        should_stop=None if wanted else lambda: self._stale(generation),
                     )
                 outputs = self._outputs(rendered)
             except Superseded:
@@ -988,7 +1006,9 @@ class Dashboard(widgets.VBox):
                 self._set_error(str(exc), generation)
                 return None
             if self._stale(generation):
-                self.dropped += 1  # drawn, but a newer view is already wanted
+                self.dropped += 1  # drawn, but a newer view is already wanted: not shown
+                if wanted:
+                    return rendered
                 rendered.figures.clear()
                 return None
             self.render_count += 1

@@ -36,8 +36,10 @@ from guru_analytics.widgets import (
     SyncProgressView,
     card_period,
     describe_progress,
+    readable,
     render,
     top_series,
+    users_html,
 )
 
 N_SESSIONS = 400
@@ -650,3 +652,17 @@ def test_progress_wait_counts_down_and_eta_is_the_records() -> None:
     view.apply(SyncProgress("done", requests=600, sessions=18000))
     assert view.bar.value == 1.0 and view.bar.bar_style == "success"
     assert view.label.value.startswith("Done: 600 requests, 18,000 sessions")
+
+
+def test_readable_tables_round_for_people_and_leave_the_frame_alone(guru: Guru) -> None:
+    users = guru.users(tz="Asia/Tokyo")
+    shown = readable(users)
+    assert users["share"].dtype == "float64"  # the frame keeps full precision
+    row = users.iloc[0]
+    assert shown["share"].iloc[0] == f"{100 * row['share']:.1f}%"
+    assert shown["last_active"].iloc[0] == row["last_active"].strftime("%Y-%m-%d %H:%M")
+    assert row["last_active"].tz is not None and str(row["last_active"].tz) == "Asia/Tokyo"
+    summary = pd.DataFrame({"change_pct": [12.4, -3.0, np.nan]})
+    assert readable(summary)["change_pct"].tolist() == ["+12%", "-3%", ""]
+    html_table = users_html(users.head(3))
+    assert shown["share"].iloc[0] in html_table and "last active" in html_table
