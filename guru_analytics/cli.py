@@ -647,7 +647,8 @@ def _add_dashboard(sub: argparse._SubParsersAction, name: str) -> None:
         help="serve the dashboard as a web page (needs: pip install 'guru-analytics[web]')",
         description="Serve the interactive dashboard of a cached guru as a web page with Voila "
         "on 127.0.0.1 and print its URL. Works on an existing cache without a key; with "
-        "GURUBASE_API_KEY set, its Sync now button brings the cache up to date. Ctrl-C stops it.",
+        "GURUBASE_API_KEY set, its Sync now button brings the cache up to date. Ctrl-C stops it. "
+        "Needs Voila: pip install 'guru-analytics[web]'.",
     )
     p.add_argument("guru", metavar="GURU", help="the guru slug (from the guru's URL)")
     p.add_argument(
