@@ -711,7 +711,8 @@ def describe_progress(p: SyncProgress, fraction: float | None, sessions: int) ->
     (never below what it showed before); pace, ETA and wait are the record's own figures."""
     parts: list[str] = []
     if p.phase == "done":
-        return f"Done: {p.requests:,} requests, {sessions:,} sessions read."
+        read = f", {sessions:,} sessions read" if sessions else ""
+        return f"Done: {p.requests:,} requests{read}."
     if p.phase == "wait":
         parts.append(f"waiting for the rate limit: {math.ceil(p.wait_seconds):,} s")
     elif p.phase in ("messages", "questions"):
@@ -722,7 +723,7 @@ def describe_progress(p: SyncProgress, fraction: float | None, sessions: int) ->
         parts.append(f"{fraction:.0%}")
     if p.total_sessions is not None:
         parts.append(f"{sessions:,} of ~{p.total_sessions:,} sessions")
-    else:
+    elif sessions or p.pages:  # a record with no page read yet knows no session count
         parts.append(f"{sessions:,} sessions so far (total unknown until the last page)")
     total = f" of ~{p.total_requests:,}" if p.total_requests is not None else ""
     parts.append(f"{p.requests:,}{total} requests")
@@ -1115,13 +1116,11 @@ class Dashboard(widgets.VBox):
             self._set_error(f"Sync failed with an unexpected {type(exc).__name__}: {exc}")
         else:
             self.sync_summary = summary
-            self.progress.apply(
-                SyncProgress(
-                    "done",
-                    requests=summary.requests,
-                    sessions=max(self.progress.sessions, summary.sessions_new),
+            if self.progress.last is None or self.progress.last.phase != "done":
+                # The sync's own "done" record is the one to show; without it, what is known.
+                self.progress.apply(
+                    SyncProgress("done", requests=summary.requests, pages=summary.pages)
                 )
-            )
             self._load_users_and_range()
             rendered = self.refresh()
             if rendered is not None:

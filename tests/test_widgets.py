@@ -633,6 +633,8 @@ def test_progress_with_an_unknown_total_shows_sessions_so_far() -> None:
     text = view.label.value
     assert "90 sessions so far" in text and "total unknown" in text
     assert "left" not in text and "%" not in text
+    # Requests only (the dashboard's record until the sync reports progress): no session claim.
+    assert describe_progress(SyncProgress("listing", requests=7), None, 0) == "7 requests"
 
 
 def test_progress_wait_counts_down_and_eta_is_the_records() -> None:
