@@ -1,4 +1,7 @@
-"""``python -m benchmarks [--quick] [--out BENCHMARKS.md]``: run every benchmark, write the table.
+"""``python -m benchmarks [--quick] [--out PATH]``: run every benchmark, write the table.
+
+A full run writes ``BENCHMARKS.md`` (the committed table); a ``--quick`` run writes
+``.benchmarks/quick.md`` (ignored by git), so a smoke run never overwrites the full figures.
 
 Progress goes to stderr; the finished Markdown goes to stdout and to ``--out``. A section
 that crashes is reported as a failed row (with its traceback on stderr) and the exit code
@@ -59,7 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, one run each (CI)")
-    parser.add_argument("--out", default="BENCHMARKS.md", help="Markdown file to write")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="Markdown file to write (default BENCHMARKS.md; .benchmarks/quick.md with --quick)",
+    )
     parser.add_argument(
         "--only",
         default="",
@@ -97,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     report.header.append(("Run time", f"{elapsed:.0f} s"))
     text = render(report)
-    out = Path(args.out)
+    out = Path(args.out or (".benchmarks/quick.md" if args.quick else "BENCHMARKS.md"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     print(text)

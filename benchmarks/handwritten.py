@@ -4,7 +4,9 @@ Each is what an analyst fluent in SQL would write for the same question on a cac
 guru, in UTC, with no filters and no messages cached: the same definitions as ``frames``
 (an event is each distinct ``last_used`` seen plus the current one; a session is active in a
 bucket with an event there and new in the bucket of its first event; unattributed sessions
-count under ``(unattributed)``; deleted sessions are left out; empty buckets appear as 0),
+count under ``(unattributed)`` and is not ranked; deleted sessions are left out; empty
+buckets appear as 0; a retention period whose week has not ended by the newest event has
+no rate),
 without ``frames``' generality (time zones, ranges, filters, several gurus, messages).
 The benchmark checks that both give the same numbers before it compares their speed.
 """
@@ -27,16 +29,14 @@ per AS (SELECT id, date_trunc('day', ts) AS b, count(*) AS n FROM ev GROUP BY AL
 firsts AS (SELECT id, date_trunc('day', min(ts)) AS fb FROM ev GROUP BY id),
 agg AS (SELECT lab.label AS "user", per.b, count(*) AS active_sessions,
                count(*) FILTER (WHERE firsts.fb = per.b) AS new_sessions,
-               sum(per.n) AS events,
-               max(CASE WHEN lab.label <> '{UNATTRIBUTED}' THEN 1 ELSE 0 END) AS active_users
+               sum(per.n) AS events
         FROM per JOIN lab USING (id) JOIN firsts USING (id) GROUP BY ALL),
 days AS (SELECT unnest(generate_series(min(b), max(b), INTERVAL 1 day)) AS b FROM per),
 who AS (SELECT DISTINCT "user" FROM agg)
 SELECT days.b AS bucket, who."user",
        coalesce(agg.active_sessions, 0) AS active_sessions,
        coalesce(agg.new_sessions, 0) AS new_sessions,
-       coalesce(agg.events, 0) AS events,
-       coalesce(agg.active_users, 0) AS active_users
+       coalesce(agg.events, 0) AS events
 FROM days CROSS JOIN who LEFT JOIN agg ON agg.b = days.b AND agg."user" = who."user"
 ORDER BY bucket, who."user"
 """
@@ -44,15 +44,19 @@ ORDER BY bucket, who."user"
 USERS = f"""
 WITH {_BASE},
 tot AS (SELECT count(DISTINCT id) AS n FROM ev),
+kn AS (SELECT count(DISTINCT ev.id) AS n FROM ev JOIN lab USING (id)
+       WHERE lab.label <> '{UNATTRIBUTED}'),
 per AS (SELECT lab.label AS "user", count(DISTINCT ev.id) AS sessions, count(*) AS events,
                min(ts) AS first_active, max(ts) AS last_active,
                count(DISTINCT CAST(ts AS DATE)) AS active_days,
                count(DISTINCT date_trunc('week', ts)) AS active_weeks
         FROM ev JOIN lab USING (id) GROUP BY lab.label)
 SELECT "user", sessions, events, first_active, last_active, active_days, active_weeks,
-       sessions / (SELECT n FROM tot) AS share,
-       rank() OVER (ORDER BY sessions DESC, events DESC) AS rank
-FROM per ORDER BY rank, "user"
+       CASE WHEN "user" = '{UNATTRIBUTED}' THEN sessions / (SELECT n FROM tot)
+            ELSE sessions / (SELECT n FROM kn) END AS share,
+       CASE WHEN "user" <> '{UNATTRIBUTED}' THEN rank() OVER (
+           PARTITION BY "user" = '{UNATTRIBUTED}' ORDER BY sessions DESC, events DESC) END AS rank
+FROM per ORDER BY rank NULLS LAST, "user"
 """
 
 _WEEKS = f"""
@@ -94,7 +98,9 @@ per AS (SELECT coh.cidx, ui.idx - coh.cidx AS period, count(*) AS users
 grid AS (SELECT cs.cidx, cs.cohort_size, p.range AS period
          FROM cs CROSS JOIN range(8) p WHERE cs.cidx + p.range <= (SELECT max(idx) FROM bk))
 SELECT c.b AS cohort, grid.cohort_size, grid.period, pb.b AS bucket,
-       coalesce(per.users, 0) AS users, coalesce(per.users, 0) / grid.cohort_size AS rate
+       coalesce(per.users, 0) AS users,
+       CASE WHEN pb.b + INTERVAL 7 day <= (SELECT max(ts) FROM ev) + INTERVAL 1 microsecond
+            THEN coalesce(per.users, 0) / grid.cohort_size END AS rate
 FROM grid JOIN bk c ON c.idx = grid.cidx JOIN bk pb ON pb.idx = grid.cidx + grid.period
 LEFT JOIN per ON per.cidx = grid.cidx AND per.period = grid.period
 ORDER BY cohort, period

@@ -12,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from .checks import whole_number_arg
 from .errors import (
     AuthenticationError,
     ConfigError,
@@ -40,21 +41,7 @@ def _exit_code(exc: GuruAnalyticsError) -> int:
 COMMANDS: dict[str, tuple[Callable[..., None], Callable[[argparse.Namespace], int]]] = {}
 
 
-def _whole_number(minimum: int) -> Callable[[str], int]:
-    """An argparse ``type`` for whole numbers >= ``minimum`` (one message for every option)."""
-
-    def parse(value: str) -> int:
-        try:
-            n = int(value)
-        except ValueError:
-            n = minimum - 1
-        if n < minimum:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {value!r}")
-        return n
-
-    return parse
-
-
+_whole_number = whole_number_arg  # argparse ``type`` for whole numbers >= minimum (checks.py)
 _whole_non_negative = _whole_number(0)
 _positive = _whole_number(1)
 
@@ -408,14 +395,9 @@ COMMANDS["sync"] = (_add_sync, _cmd_sync)
 # --- report / plot ----------------------------------------------------------------------
 # (section owned by the analytics work)
 
-_REPORT_NAMES = (
-    "sessions", "activity", "users", "lifecycle", "retention", "summary",
-    "heatmap", "binge_length", "sources", "votes",
-)  # fmt: skip
-_CHART_NAMES = (
-    "activity", "users", "heatmap", "lifecycle", "retention", "sources", "binge_length", "trust",
-)  # fmt: skip
-# CLI option (dest) -> frame keyword; options left at None are not passed on.
+# Report and chart names, and which options each takes, come from catalog.py.
+# CLI option (dest) -> frame keyword (a catalog.OPTIONS name); options left at None are not
+# passed on.
 _FRAME_OPTIONS = {
     "freq": "freq", "tz": "tz", "by": "by", "start": "start", "end": "end", "user": "users",
     "search": "search", "week_start": "week_start", "include_deleted": "include_deleted",
@@ -460,10 +442,18 @@ def _add_analytics_options(p: argparse.ArgumentParser) -> None:
         help="count sessions deleted upstream too",
     )
     p.add_argument(
-        "--periods", type=int, help="retention: number of periods including period 0 (default 8)"
+        "--periods",
+        type=_positive,
+        help="retention: number of periods including period 0 (default 8)",
     )
     p.add_argument("--period", help="summary: length of the period, e.g. 24h, 7d, 4w (default 7d)")
-    p.add_argument("--now", help="summary: end of the current period (default: now)")
+    p.add_argument(
+        "--now",
+        help="now (the current UTC instant), today (midnight in --tz), latest (just after the "
+        "newest event) or an instant: summary: end of the current period (default now); "
+        "activity/lifecycle/retention: the horizon that decides which buckets are complete "
+        "(default: the end of the last sync)",
+    )
 
 
 def _add_report(sub: argparse._SubParsersAction, name: str) -> None:
@@ -473,7 +463,9 @@ def _add_report(sub: argparse._SubParsersAction, name: str) -> None:
         description="Compute an analytics table from the local cache (never calls the API) and "
         "write it as CSV (.csv or - for stdout) or Parquet (.parquet).",
     )
-    p.add_argument("report", choices=_REPORT_NAMES, help="which table")
+    from .catalog import REPORTS
+
+    p.add_argument("report", choices=tuple(REPORTS), help="which table")
     _add_analytics_options(p)
     p.add_argument(
         "-o",
@@ -490,7 +482,9 @@ def _add_plot(sub: argparse._SubParsersAction, name: str) -> None:
         help="draw an analytics chart to PNG or SVG",
         description="Draw a chart from the local cache (never calls the API) to a .png or .svg file.",
     )
-    p.add_argument("chart", choices=_CHART_NAMES, help="which chart")
+    from .catalog import CHARTS
+
+    p.add_argument("chart", choices=tuple(CHARTS), help="which chart")
     _add_analytics_options(p)
     p.add_argument(
         "--metric",
@@ -500,19 +494,18 @@ def _add_plot(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument(
         "--kind", choices=["bar", "line"], help="activity/sources: bars (default) or lines"
     )
-    p.add_argument("--top", type=int, help="series or users shown before the rest become 'other'")
+    p.add_argument(
+        "--top", type=_positive, help="series or users shown before the rest become 'other'"
+    )
     p.add_argument("--value", choices=["rate", "users"], help="retention: rate (default) or users")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="output .png or .svg")
 
 
 def _frame_kwargs(
-    args: argparse.Namespace, fn: Callable[..., object], what: str
+    args: argparse.Namespace, accepted: frozenset[str], what: str
 ) -> dict[str, object]:
-    """The options the user set, as keywords of ``fn``; an option that does not apply to
-    this report/chart is an error rather than silently ignored."""
-    import inspect
-
-    accepted = inspect.signature(fn).parameters
+    """The options the user set, as frame keywords; an option the catalogue does not list
+    for this report/chart is an error rather than silently ignored."""
     kwargs: dict[str, object] = {}
     for dest, key in _FRAME_OPTIONS.items():
         value = getattr(args, dest, None)
@@ -539,14 +532,21 @@ def _analytics_db(args: argparse.Namespace) -> str:
     return str(db)
 
 
+def _analytics_gurus(args: argparse.Namespace) -> str | list[str]:
+    """The GURU arguments, each checked as a slug (one slug, or a list of several)."""
+    from .checks import guru_slug
+
+    slugs = [guru_slug(g) for g in args.guru]
+    return slugs[0] if len(slugs) == 1 else slugs
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
-    from . import frames, reports
+    from . import catalog, reports
     from .store import Store
 
-    fn = frames.FRAMES[args.report]
-    kwargs = _frame_kwargs(args, fn, f"the {args.report} report")
+    kwargs = _frame_kwargs(args, catalog.report(args.report).options, f"the {args.report} report")
     reports.file_format(args.output)  # a bad name fails before any work
-    guru = args.guru[0] if len(args.guru) == 1 else list(args.guru)
+    guru = _analytics_gurus(args)
     with Store(_analytics_db(args)).reader() as con:
         df = reports.export(con, args.report, args.output, guru, **kwargs)
     if args.output != "-":
@@ -557,21 +557,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from . import plots
+    from . import catalog, plots
     from .store import Store
 
     if Path(args.output).suffix.lower() not in (".png", ".svg"):
         raise ConfigError(f"cannot save a chart as {args.output!r}: use a .png or .svg file name")
-    frame_fn, plot_fn, _keys = plots.CHARTS[args.chart]
-    kwargs = _frame_kwargs(args, frame_fn, f"the {args.chart} chart")
+    kwargs = _frame_kwargs(args, catalog.chart_options(args.chart), f"the {args.chart} chart")
     for dest, key in _PLOT_OPTIONS.items():
         value = getattr(args, dest, None)
         if value is None:
             continue
-        if key not in plots.CHARTS[args.chart][2]:
+        if key not in catalog.chart(args.chart).plot_options:
             raise ConfigError(f"--{dest} does not apply to the {args.chart} chart: drop it")
         kwargs[key] = value
-    guru = args.guru[0] if len(args.guru) == 1 else list(args.guru)
+    guru = _analytics_gurus(args)
     with Store(_analytics_db(args)).reader() as con:
         ax = plots.chart(con, args.chart, guru, **kwargs)
     plots.save(ax, args.output)

@@ -1,4 +1,5 @@
-"""The Gurubase HTTP client: List Sessions and Get Session, paced, retried, validated.
+"""The Gurubase HTTP client: List Sessions, Get Session and Export Analytics, paced, retried,
+validated.
 
 Requests are the scarce resource (10 a minute by default), so every call goes through one
 ``SlidingWindowLimiter`` per client; 429s, 5xx, dropped connections and timeouts are
@@ -43,6 +44,15 @@ from .errors import (
 )
 from .ratelimit import SlidingWindowLimiter
 from .timestamps import parse_api_timestamp, utc_now
+from .wire import (
+    EXPORT_FILTERS,
+    EXPORT_INTERVALS,
+    ExportedQuestion,
+    QuestionExport,
+    UnansweredQuestion,
+    parse_export,
+)
+from .wire import json_type as _json_type
 
 DEFAULT_BASE_URL = "https://api.gurubase.io/api/v1"
 USER_AGENT = "guru-analytics/0.1.0"
@@ -182,7 +192,7 @@ class _Call:
 
     label: str
     endpoint: str
-    kind: str  # "list" | "session"
+    kind: str  # "list" | "session" | "export"
     subject: str  # guru slug or session id
 
 
@@ -320,6 +330,55 @@ class GurubaseClient:
         call = _Call(f"Get Session {self._clean(session_id, 80)}", path, "session", session_id)
         data = self._post(call, {})
         return self._parse_conversation(call, data)
+
+    def export_questions(
+        self,
+        guru: str,
+        interval: str = "12m",
+        *,
+        filters: Mapping[str, str] | None = None,
+    ) -> QuestionExport:
+        """Every question of ``interval`` (Export Analytics, JSON) in one request.
+
+        ``interval`` is one of ``wire.EXPORT_INTERVALS`` (``12m`` = 365 days, computed in UTC
+        on the server's clock); ``filters`` maps ``questions`` / ``out_of_context`` /
+        ``referenced_sources`` to a value of ``wire.EXPORT_FILTERS``. An interval without
+        data gives an empty export (``scheme == "empty"``), not an error. Same pacing,
+        retries, errors and key masking as the other calls.
+        """
+        if not isinstance(guru, str) or not guru.strip():
+            raise ConfigError(f"guru slug {guru!r} is not valid: pass the slug from the guru's URL")
+        if interval not in EXPORT_INTERVALS:
+            raise ConfigError(
+                f"interval {interval!r} is not valid: use one of {', '.join(EXPORT_INTERVALS)}"
+            )
+        body: dict[str, Any] = {"export_type": "json", "interval": interval}
+        if filters is not None:
+            if not isinstance(filters, Mapping):
+                raise ConfigError(f"filters {filters!r} is not valid: pass a dict")
+            for name, value in filters.items():
+                allowed = EXPORT_FILTERS.get(name)
+                if allowed is None or value not in allowed:
+                    raise ConfigError(
+                        f"filter {name!r}={value!r} is not valid: use "
+                        + "; ".join(f"{k}: {', '.join(v)}" for k, v in EXPORT_FILTERS.items())
+                    )
+            body["filters"] = dict(filters)
+        guru = guru.strip()
+        path = f"/{quote(guru, safe='')}/analytics/export/"
+        call = _Call(f"Export Analytics {interval}", path, "export", guru)
+        try:
+            data = self._post(call, body)
+        except _NoExportData:
+            return QuestionExport.empty(guru, interval)
+        return parse_export(
+            data,
+            guru=guru,
+            interval=interval,
+            label=call.label,
+            endpoint=call.endpoint,
+            clean=self._clean,
+        )
 
     # --- HTTP with pacing and retries --------------------------------------------------
 
@@ -520,7 +579,9 @@ class GurubaseClient:
                 endpoint=ep,
             )
         if status == 400:
-            fix = "check page_num" if call.kind == "list" else "check the session id"
+            fix = {"list": "check page_num", "export": "check the interval and filters"}.get(
+                call.kind, "check the session id"
+            )
             raise BadRequestError(
                 f"{call.label}: the server rejected the request (400{said}); {fix}",
                 status=status,
@@ -533,7 +594,7 @@ class GurubaseClient:
                 endpoint=ep,
             )
         if status == 403:
-            if call.kind == "list":
+            if call.kind != "session":
                 text = f"the key's owner does not maintain guru '{self._clean(call.subject, 80)}'"
             else:
                 text = f"the key's owner may not read session {self._clean(call.subject, 80)}"
@@ -551,7 +612,9 @@ class GurubaseClient:
                     status=status,
                     endpoint=ep,
                 )
-            if call.kind == "list":
+            if call.kind == "export" and "no data" in msg.lower():
+                raise _NoExportData(f"{call.label}: {msg}", status=status, endpoint=ep)
+            if call.kind != "session":
                 text = f"guru '{self._clean(call.subject, 80)}' not found: check the slug"
             else:
                 text = f"session {self._clean(call.subject, 80)} not found (deleted?)"
@@ -747,22 +810,23 @@ class GurubaseClient:
 
 _NOT_JSON = object()
 
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "ClientStats",
+    "Conversation",
+    "ExportedQuestion",
+    "GurubaseClient",
+    "ListedSession",
+    "Message",
+    "Page",
+    "QuestionExport",
+    "UnansweredQuestion",
+    "Wait",
+]
 
-def _json_type(value: object) -> str:
-    """The JSON name of a decoded value's type, for messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
+
+class _NoExportData(NotFoundError):
+    """Export Analytics' 404 ``No data found to export``: an empty interval, not an error."""
 
 
 def _check_base_url(url: str) -> str:

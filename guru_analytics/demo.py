@@ -13,10 +13,12 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from . import catalog
+from .checks import whole_number
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -35,28 +37,18 @@ DEFAULT_DAYS = 180
 # few thousand sessions with messages sync in seconds, but still paced by the real limiter.
 DEFAULT_RATE_LIMIT = 30_000
 
-# file stem -> (frame name, frame parameters). Every report goes through reports.export.
+# The outputs come from the catalogue (each entry's ``demo``); these are views of it.
+# file stem -> (report name, frame parameters). Every report goes through reports.export.
 CSV_REPORTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "sessions": ("sessions", {}),
-    "activity_day_by_user": ("activity", {"freq": "day", "by": "user"}),
-    "activity_week_by_user": ("activity", {"freq": "week", "by": "user"}),
-    "users": ("users", {}),
-    "lifecycle": ("lifecycle", {"freq": "week"}),
-    "retention": ("retention", {"freq": "week", "periods": 8}),
-    "summary": ("summary", {"period": "28d"}),
-    "binge_length": ("binge_length", {"by": "user"}),
-    "sources": ("sources", {"freq": "week"}),
+    stem: (name, params) for name, r in catalog.REPORTS.items() for stem, params in r.demo
 }
 # file stem -> (chart name, parameters); drawn by plots.chart and saved by plots.save.
 PNG_CHARTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "activity": ("activity", {"freq": "week", "by": "user", "top": 6}),
-    "users": ("users", {"top": 20}),
-    "heatmap": ("heatmap", {"metric": "active_sessions"}),
-    "lifecycle": ("lifecycle", {"freq": "week"}),
-    "retention": ("retention", {"freq": "week", "periods": 8}),
-    "sources": ("sources", {"freq": "week"}),
-    "binge_length": ("binge_length", {}),
+    stem: (name, params) for name, c in catalog.CHARTS.items() for stem, params in c.demo
 }
+# The demo's data stops at a fixed date: its horizon is the newest event ("latest"), so the
+# last (partial) day or week is marked as such, and the summary compares whole local days.
+DEMO_NOW = "latest"
 
 
 @dataclass
@@ -93,8 +85,8 @@ def run_demo(
     from .synthetic import DEFAULT_END
 
     echo = _printer(stdout)
-    if n_sessions < 1 or n_users < 1 or days < 1:
-        raise ConfigError("--sessions, --users and --days must each be at least 1")
+    for value, name in ((n_sessions, "n_sessions"), (n_users, "n_users"), (days, "days")):
+        whole_number(value, name, minimum=1)
     t0 = monotonic()
     out_dir = Path(out).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
@@ -148,48 +140,37 @@ def _write_outputs(guru: Guru, result: DemoResult, *, messages: bool) -> None:
     """CSV reports and PNG charts from the cache (reads only)."""
     from . import frames, plots, reports
 
-    needs_messages = {"binge_length", "sources"}
     last = guru.status().last_event
+    # The synthetic data ends on a fixed date: compare the last whole local days of it, not
+    # the (empty) weeks before today, and not a partial last day.
+    whole_days = (
+        frames.complete_until(last + timedelta(microseconds=1), "D", guru.tz)
+        if last is not None
+        else None
+    )
     with guru.reader() as con:
         for stem, (report, params) in CSV_REPORTS.items():
-            if report in needs_messages and not messages:
+            entry = catalog.REPORTS[report]
+            if entry.needs_messages and not messages:
                 continue
-            kwargs = dict(params)
+            kwargs = {**_defaults(entry.options, guru.tz), **params}
             if report == "summary":
-                # The synthetic data ends on a fixed date: compare the last weeks of it,
-                # not the (empty) weeks before today.
-                kwargs["now"] = _next_midnight(last) if last is not None else None
-            if report in {
-                "sessions",
-                "activity",
-                "users",
-                "lifecycle",
-                "retention",
-                "summary",
-                "sources",
-            }:
-                kwargs["tz"] = guru.tz
+                kwargs["now"] = whole_days
             path = result.out / f"{stem}.csv"
             reports.export(con, report, path, guru.slug, **kwargs)
             result.csvs[stem] = path
         for stem, (chart, params) in PNG_CHARTS.items():
-            if chart in needs_messages and not messages:
+            if catalog.CHARTS[chart].needs_messages and not messages:
                 continue
-            kwargs = dict(params)
-            if chart != "binge_length" and chart != "users":
-                kwargs["tz"] = guru.tz
+            kwargs = {**_defaults(catalog.chart_options(chart), guru.tz), **params}
             ax = plots.chart(con, chart, guru.slug, **kwargs)
             result.pngs[stem] = plots.save(ax, result.out / f"{stem}.png")
-        result.summary = frames.summary(
-            con, guru.slug, period="28d", now=_next_midnight(last) if last else None, tz=guru.tz
-        )
+        result.summary = frames.summary(con, guru.slug, period="28d", now=whole_days, tz=guru.tz)
 
 
-def _next_midnight(ts: datetime) -> datetime:
-    import pandas as pd
-
-    day = pd.Timestamp(ts).tz_convert("UTC").normalize()
-    return (day + timedelta(days=1)).to_pydatetime()
+def _defaults(options: frozenset[str], tz: str) -> dict[str, Any]:
+    """The demo's ``tz`` and ``now`` for whichever of them the report or chart takes."""
+    return {k: v for k, v in (("tz", tz), ("now", DEMO_NOW)) if k in options}
 
 
 def _sync_line(s: SyncSummary) -> str:
@@ -218,7 +199,8 @@ def _print_summary(result: DemoResult, echo: Callable[[str], None]) -> None:
         start, end = df["current_start"].iloc[0], df["current_end"].iloc[0]
         echo("")
         echo(
-            f"Last 28 days of data ({start:%Y-%m-%d} – {end:%Y-%m-%d}) against the 28 days before:"
+            f"Last 28 complete days of data ({start:%Y-%m-%d} – {end:%Y-%m-%d}, end exclusive) "
+            "against the 28 days before:"
         )
         table = pd.DataFrame(
             {

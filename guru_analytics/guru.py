@@ -19,13 +19,15 @@ import tempfile
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pandas as pd
 
+from . import catalog
+from .checks import guru_slug
 from .errors import CacheError, ConfigError, mask_key
 from .ratelimit import SlidingWindowLimiter
 from .timestamps import check_tz, utc_now
@@ -38,17 +40,8 @@ if TYPE_CHECKING:
     from .sync import SyncSummary
     from .widgets import Dashboard
 
-_TZ_DEFAULTED = (
-    "sessions",
-    "activity",
-    "users",
-    "lifecycle",
-    "retention",
-    "summary",
-    "heatmap",
-    "sources",
-    "votes",
-)
+_TZ_DEFAULTED = tuple(name for name, r in catalog.REPORTS.items() if r.takes("tz"))
+"""Reports that get ``Guru.tz`` when no ``tz`` is passed (from the catalogue)."""
 
 
 @dataclass(frozen=True)
@@ -140,13 +133,12 @@ class Guru:
         session: requests.Session | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
-        if not isinstance(slug, str) or not slug.strip():
-            raise ConfigError(f"guru slug {slug!r} is not valid: pass the slug from the guru's URL")
+        slug = guru_slug(slug)
         if isinstance(users, str):
             raise ConfigError("users must be a list of external user ids, not one string")
         from .store import default_cache_path
 
-        self.slug = slug.strip()
+        self.slug = slug
         self._api_key = api_key
         self.base_url = base_url
         self.db = Path(db).expanduser() if db is not None else default_cache_path()
@@ -376,10 +368,15 @@ class Guru:
         from . import frames
 
         fn = frames.FRAMES[name]
-        if name in _TZ_DEFAULTED and params.get("tz") is None:
+        if catalog.report(name).takes("tz") and params.get("tz") is None:
             params["tz"] = self.tz
         with self.reader() as con:
             return fn(con, self.slug, *args, **params)
+
+    def report(self, name: str, **params: Any) -> pd.DataFrame:
+        """Any report of the catalogue by name (``catalog.REPORTS``), e.g.
+        ``guru.report("votes", freq="week")``; the named methods below are shortcuts."""
+        return self._frame(catalog.report(name).name, **params)
 
     def sessions(self, **filters: Any) -> pd.DataFrame:
         """One row per cached session (``frames.sessions``: start, end, users, search, ...)."""
@@ -410,11 +407,9 @@ class Guru:
     ) -> pd.DataFrame:
         """Headline figures for the last ``period`` against the one before (``frames.summary``).
 
-        ``now`` defaults to the wall clock; ``now="latest"`` ends the period just after the
-        newest cached activity (for data that stopped, like the synthetic demo)."""
-        if isinstance(now, str) and now == "latest":
-            last = self.status().last_event
-            now = last + timedelta(microseconds=1) if last is not None else None
+        ``now`` is read by ``frames.parse_now``: ``"now"`` (the default, the current UTC
+        instant), ``"today"`` (local midnight in ``tz``), ``"latest"`` (just after the newest
+        cached activity, for data that stopped, like the synthetic demo) or an instant."""
         return self._frame("summary", period=period, now=now, tz=tz, **filters)
 
     def heatmap(self, tz: str | None = None, **filters: Any) -> pd.DataFrame:
@@ -438,12 +433,16 @@ class Guru:
     def _chart(self, name: str, ax: Axes | None, params: dict[str, Any]) -> Axes:
         from . import plots
 
-        frame_fn = plots.CHARTS[name][0]
         params = {k: v for k, v in params.items() if v is not None}
-        if "tz" not in params and "tz" in _parameters(frame_fn):
+        if "tz" not in params and "tz" in catalog.chart_options(name):
             params["tz"] = self.tz
         with self.reader() as con:
             return plots.chart(con, name, self.slug, ax=ax, **params)
+
+    def plot(self, name: str, *, ax: Axes | None = None, **params: Any) -> Axes:
+        """Any chart of the catalogue by name (``catalog.CHARTS``), e.g.
+        ``guru.plot("trust", freq="week")``; the ``plot_*`` methods below are shortcuts."""
+        return self._chart(catalog.chart(name).name, ax, params)
 
     def plot_activity(
         self,
@@ -531,13 +530,10 @@ class Guru:
     def export(self, report: str, path: str | os.PathLike[str], **params: Any) -> pd.DataFrame:
         """Write report ``report`` (``sessions``, ``activity``, ``users``, ``lifecycle``,
         ``retention``, ``summary``, ``heatmap``, ...) to ``.csv`` or ``.parquet``; returns it."""
-        from . import frames, reports
+        from . import reports
 
-        if (
-            report in frames.FRAMES
-            and "tz" in _parameters(frames.FRAMES[report])
-            and params.get("tz") is None
-        ):
+        takes_tz = report in catalog.REPORTS and catalog.REPORTS[report].takes("tz")
+        if takes_tz and params.get("tz") is None:
             params["tz"] = self.tz
         with self.reader() as con:
             return reports.export(con, report, path, self.slug, **params)
@@ -613,12 +609,6 @@ def _utc_or_none(value: Any) -> datetime | None:
     if value is None or value is pd.NaT:
         return None
     return pd.Timestamp(value).tz_convert("UTC").to_pydatetime()
-
-
-def _parameters(fn: Callable[..., Any]) -> Sequence[str]:
-    import inspect
-
-    return list(inspect.signature(fn).parameters)
 
 
 def _merge(summaries: Sequence[SyncSummary]) -> SyncSummary:

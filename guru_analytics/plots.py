@@ -6,6 +6,10 @@ builds a ``matplotlib.figure.Figure`` through the object-oriented API: no pyplot
 ``show()``, so it is safe under Agg, in tests and in threads. ``chart(con, name, guru, ...)``
 computes the frame from the cache and draws it in one call; ``save`` writes PNG or SVG.
 
+Buckets that are not complete yet (the frame's ``complete`` column) are drawn hatched and
+lighter, with a legend entry, so a partial last day does not read as a drop. The users chart
+ranks people only: ``(unattributed)`` is a separate grey bar below them.
+
 Date axes use ``AutoDateLocator`` + ``ConciseDateFormatter`` in the frame's time zone, so a
 year of daily buckets gets a handful of month ticks instead of 365 overlapping labels.
 """
@@ -13,7 +17,6 @@ year of daily buckets gets a handful of month ticks instead of 365 overlapping l
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,35 +27,23 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from . import frames
+from . import catalog, frames
+from .checks import whole_number
 from .errors import ConfigError, NoDataError
+from .reports import atomic_write
+from .store import UNATTRIBUTED
 
-OTHER = "other"
-_METRIC_LABELS = {
-    "active_sessions": "Active sessions",
-    "new_sessions": "New sessions",
-    "events": "Activity events",
-    "active_users": "Active users",
-    "messages": "Messages",
-    "sessions": "Sessions",
-    "active_days": "Active days",
-    "active_weeks": "Active weeks",
-    "share": "Share of sessions",
-}
-_NEXT = {
-    "D": pd.DateOffset(days=1),
-    "W": pd.DateOffset(days=7),
-    "M": pd.DateOffset(months=1),
-    "Q": pd.DateOffset(months=3),
-    "Y": pd.DateOffset(years=1),
-}
+OTHER = frames.OTHER
+PARTIAL_HATCH = "////"
+PARTIAL_ALPHA = 0.45
 _ADJ = {"H": "hourly", "D": "daily", "W": "weekly", "M": "monthly", "Q": "quarterly", "Y": "yearly"}
 
 
-def _label(metric: str) -> str:
-    return _METRIC_LABELS.get(metric, metric.replace("_", " ").capitalize())
+_label = catalog.metric_label
 
 
 def _axes(ax: Axes | None, figsize: tuple[float, float] = (10.0, 4.5)) -> Axes:
@@ -101,8 +92,7 @@ def _num(ts: pd.Series | pd.DatetimeIndex) -> np.ndarray:
 
 def _bucket_edges(starts: pd.DatetimeIndex, freq: str) -> tuple[np.ndarray, np.ndarray]:
     """Left edges and widths (days) of consecutive buckets; DST days and months vary."""
-    last = starts[-1]
-    nxt = last + (pd.Timedelta(hours=1) if freq == "H" else _NEXT[freq])
+    nxt = frames.bucket_end(starts[-1], freq)
     edges = _num(starts.append(pd.DatetimeIndex([nxt])))
     return edges[:-1], np.diff(edges)
 
@@ -116,29 +106,16 @@ def _date_axis(ax: Axes, tz: str, axis: str = "x") -> None:
     target.set_major_formatter(formatter)
 
 
-def _stack_groups(df: pd.DataFrame, group: str, metric: str, top: int) -> pd.DataFrame:
-    """Wide bucket × group table keeping the ``top`` groups by total (ties by name) and
-    summing the rest into ``other`` (vectorised pivot, no per-row loop)."""
-    totals = df.groupby(group)[metric].sum().reset_index()
-    totals = totals.sort_values([metric, group], ascending=[False, True], kind="stable")
-    keep = list(totals[group].iloc[:top])
-    labels = df[group].where(df[group].isin(keep), OTHER)
-    wide = (
-        df.assign(_g=labels)
-        .pivot_table(index="bucket", columns="_g", values=metric, aggfunc="sum", fill_value=0)
-        .sort_index()
-    )
-    order = keep + ([OTHER] if OTHER in wide.columns and OTHER not in keep else [])
-    return wide[order]
-
-
 def _bars_or_lines(
     ax: Axes,
     wide: pd.DataFrame,
     freq: str,
     kind: str,
+    partial: set[pd.Timestamp] | None = None,
 ) -> None:
+    """Stacked bars or one line per column of ``wide``; ``partial`` buckets marked."""
     starts = pd.DatetimeIndex(wide.index)
+    partial = partial or set()
     if kind == "bar":
         left, width = _bucket_edges(starts, freq)
         bottom = np.zeros(len(wide))
@@ -147,22 +124,61 @@ def _bars_or_lines(
             values = wide[name].to_numpy(dtype=float)
             ax.bar(left, values, width * gap, bottom=bottom, align="edge", label=str(name))
             bottom = bottom + values
+        if partial:
+            _mark_partial_bars(ax, left, partial, starts)
     elif kind == "line":
         x = _num(starts)
+        where = np.array([b in partial for b in starts], dtype=bool)
         for name in wide.columns:
-            ax.plot(
-                x,
-                wide[name].to_numpy(dtype=float),
-                label=str(name),
-                marker="." if len(x) < 60 else None,
-            )
+            y = wide[name].to_numpy(dtype=float)
+            (line,) = ax.plot(x, y, label=str(name), marker="." if len(x) < 60 else None)
+            if where.any():  # partial points: hollow markers in the series' colour
+                ax.scatter(
+                    x[where], y[where], facecolors="none", edgecolors=line.get_color(), zorder=3
+                )
     else:
         raise ConfigError(f"unknown kind {kind!r}: use 'bar' or 'line'")
 
 
-def _legend(ax: Axes) -> None:
-    """Legend outside the plot area, on the right, so it never hides a bar."""
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+def _legend(ax: Axes, extra: Sequence[Any] = ()) -> None:
+    """Legend outside the plot area, on the right, so it never hides a bar; ``extra``
+    handles (the partial-bucket key) come after the series."""
+    handles, labels = ax.get_legend_handles_labels()
+    handles = [*handles, *extra]
+    labels = [*labels, *(h.get_label() for h in extra)]
+    ax.legend(
+        handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small",
+        frameon=False,
+    )  # fmt: skip
+
+
+def _partial_buckets(df: pd.DataFrame, column: str = "bucket") -> set[pd.Timestamp]:
+    """Bucket starts the frame marks as not complete (none when it has no ``complete``)."""
+    if "complete" not in df.columns:
+        return set()
+    return set(pd.DatetimeIndex(df.loc[~df["complete"].astype(bool), column]))
+
+
+def _partial_key(df: pd.DataFrame, kind: str = "bar") -> Any:
+    """The legend handle explaining the partial marking (data until the horizon)."""
+    until = df.attrs.get("horizon")
+    note = f" (data until {pd.Timestamp(until):%Y-%m-%d %H:%M})" if until else ""
+    label = f"partial bucket{note}"
+    if kind == "line":
+        return Line2D([], [], color="gray", marker="o", markerfacecolor="none", label=label)
+    return Patch(facecolor="lightgray", hatch=PARTIAL_HATCH, edgecolor="gray", label=label)
+
+
+def _mark_partial_bars(
+    ax: Axes, left: np.ndarray, partial: set[pd.Timestamp], starts: pd.DatetimeIndex
+) -> None:
+    """Hatch and lighten every bar whose bucket is partial (the bars stay where they are)."""
+    lefts = {round(float(x), 9) for x, b in zip(left, starts, strict=True) if b in partial}
+    for patch in ax.patches:
+        if round(float(patch.get_x()), 9) in lefts:
+            patch.set_hatch(PARTIAL_HATCH)
+            patch.set_alpha(PARTIAL_ALPHA)
+            patch.set_edgecolor("gray")
 
 
 def _count_axis(ax: Axes, axis: str = "y") -> None:
@@ -189,25 +205,33 @@ def plot_activity(
 ) -> Axes:
     """Activity over time from ``frames.activity``: bars (stacked by the ``top`` users or
     gurus plus ``other`` when the frame is grouped) or one line per series."""
+    if metric == "active_users" and "user" in df.columns:
+        raise ConfigError(
+            "active_users is not defined per user: draw active_sessions, or activity without by='user'"
+        )
     _need(df, ["bucket", metric], "activity")
-    if top < 1:
-        raise ConfigError(f"top must be at least 1, got {top}")
+    whole_number(top, "top", minimum=1)
     ax = _axes(ax)
     tz, freq = _tz(df), _freq(df)
     group = next((g for g in ("user", "guru", "source") if g in df.columns), None)
     if group is None:
         wide = df.set_index("bucket")[[metric]].sort_index()
     else:
-        wide = _stack_groups(df, group, metric, top)
-    _bars_or_lines(ax, wide, freq, kind)
+        wide = frames.top_n(df, metric, top, group)
+    partial = _partial_buckets(df)
+    _bars_or_lines(ax, wide, freq, kind, partial)
     _date_axis(ax, tz)
     if metric != "share":
         _count_axis(ax)
     ax.set_ylabel(_label(metric))
     detail = ""
+    extra = [_partial_key(df, kind)] if partial else []
     if group is not None:
         detail = f" by {group}" + (f", top {top} + {OTHER}" if OTHER in wide.columns else "")
-        _legend(ax)
+        _legend(ax, extra)
+    elif extra:  # one series: only the partial key, inside, where it hides least
+        ax.set_ylim(top=ax.get_ylim()[1] * 1.15)  # headroom for the key
+        ax.legend(handles=extra, loc="upper right", fontsize="small", framealpha=0.9)
     ax.set_title(title or _bucket_title(_label(metric), freq, tz, detail))
     ax.margins(x=0.01)
     return ax
@@ -221,19 +245,31 @@ def plot_users(
     ax: Axes | None = None,
     title: str | None = None,
 ) -> Axes:
-    """Horizontal bars of the ``top`` users by ``metric`` (largest at the top) from
-    ``frames.users``; ``(unattributed)`` is shown like any user so it is never hidden."""
+    """Horizontal bars of the ``top`` known users by ``metric`` (largest at the top) from
+    ``frames.users``. ``(unattributed)`` is not a person: it never takes a top place and is
+    drawn apart, as a grey bar below a gap, so it is never hidden either."""
     _need(df, ["user", metric], "users")
-    ax = _axes(ax, (8.0, max(2.5, 0.32 * min(top, len(df)) + 1.2)))
-    best = df.sort_values([metric, "user"], ascending=[False, True], kind="stable").head(top)
+    whole_number(top, "top", minimum=1)
+    people = df[df["user"] != UNATTRIBUTED]
+    anon = df[df["user"] == UNATTRIBUTED]
+    best = people.sort_values([metric, "user"], ascending=[False, True], kind="stable").head(top)
+    ax = _axes(ax, (8.0, max(2.5, 0.32 * (len(best) + 2 * len(anon)) + 1.2)))
     names = [u if len(u) <= 32 else u[:31] + "…" for u in best["user"].astype(str)]
-    y = np.arange(len(best))[::-1]
-    ax.barh(y, best[metric].to_numpy(dtype=float), color="tab:blue")
-    ax.set_yticks(y, names)
+    y = np.arange(len(best))[::-1] + (1.5 if len(anon) else 0.0)
+    ax.barh(y, best[metric].to_numpy(dtype=float), color="tab:blue", label="known users, ranked")
+    ticks, labels = list(y), names
+    if len(anon):
+        ax.barh([0.0], anon[metric].to_numpy(dtype=float)[:1], color="tab:gray",
+                label=f"{UNATTRIBUTED}, not ranked")  # fmt: skip
+        ticks.append(0.0)
+        labels.append(UNATTRIBUTED)
+        ax.axhline(0.75, color="lightgray", linewidth=0.8)
+        ax.legend(loc="lower right", fontsize="small", frameon=False)
+    ax.set_yticks(ticks, labels)
     ax.set_xlabel(_label(metric))
     if metric != "share":
         _count_axis(ax, "x")
-    shown = f"Top {len(best)} users" if len(df) > len(best) else f"All {len(best)} users"
+    shown = f"Top {len(best)} users" if len(people) > len(best) else f"All {len(best)} users"
     ax.set_title(title or f"{shown} by {_label(metric).lower()}")
     return ax
 
@@ -284,11 +320,14 @@ def plot_lifecycle(df: pd.DataFrame, *, ax: Axes | None = None, title: str | Non
         ax.bar(left, values, width * 0.9, bottom=base, align="edge", label=label, color=color)
         if column != "dormant_users":
             bottom = bottom + values
+    partial = _partial_buckets(df)
+    if partial:
+        _mark_partial_bars(ax, left, partial, starts)
     ax.axhline(0, color="black", linewidth=0.8)
     _date_axis(ax, tz)
     _count_axis(ax)
     ax.set_ylabel("Users (dormant below zero)")
-    _legend(ax)
+    _legend(ax, [_partial_key(df)] if partial else [])
     ax.set_title(title or _bucket_title("User lifecycle", freq, tz))
     ax.margins(x=0.01)
     return ax
@@ -303,7 +342,8 @@ def plot_retention(
     annotate: bool | None = None,
 ) -> Axes:
     """Cohort × period heatmap from ``frames.retention`` (blank where not observed yet);
-    cells are annotated when there are few enough to read."""
+    cells are annotated when there are few enough to read. A partial period (``complete``
+    false) has no rate: its cell stays blank, hatched, with the users so far in grey."""
     _need(df, ["cohort", "period", value], "retention")
     matrix = frames.retention_matrix(df, value)
     ax = _axes(ax, (9.0, max(3.0, 0.35 * len(matrix) + 1.5)))
@@ -324,6 +364,13 @@ def plot_retention(
     ax.set_xticks(np.arange(matrix.shape[1]), [str(p) for p in matrix.columns])
     ax.set_xlabel(f"{frames.FREQ_NAMES[freq].capitalize()}s since first activity")
     ax.set_ylabel("Cohort")
+    partial = np.zeros(data.shape, dtype=bool)
+    if "complete" in df.columns:
+        flags = df.pivot(index="cohort", columns="period", values="complete")
+        partial = ~flags.reindex_like(matrix).fillna(True).to_numpy(dtype=bool)
+        users = frames.retention_matrix(df, "users").to_numpy(dtype=float)
+        data = np.where(partial, np.nan, data)
+        image.set_data(np.ma.masked_invalid(data))
     if annotate is None:
         annotate = data.size <= 400
     if annotate:
@@ -334,6 +381,20 @@ def plot_retention(
             ax.text(
                 j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black"
             )
+    for i, j in zip(*np.nonzero(partial), strict=True):  # partial: hatched, users so far
+        ax.add_artist(
+            Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch=PARTIAL_HATCH,
+                      edgecolor="lightgray", linewidth=0)
+        )  # fmt: skip
+        if annotate:
+            ax.text(j, i, f"({int(users[i, j])})", ha="center", va="center", fontsize=7,
+                    color="gray", style="italic")  # fmt: skip
+    if partial.any():
+        ax.legend(
+            handles=[Patch(facecolor="white", hatch=PARTIAL_HATCH, edgecolor="lightgray",
+                           label="partial period: no rate yet (users so far)")],
+            loc="upper left", bbox_to_anchor=(0.0, -0.12), fontsize="small", frameon=False,
+        )  # fmt: skip
     ax.figure.colorbar(image, ax=ax, label="Retention rate" if value == "rate" else "Users")
     what = "Retention rate" if value == "rate" else "Retained users"
     ax.set_title(title or f"{what} by {_ADJ[freq]} cohort ({tz})")
@@ -352,7 +413,7 @@ def plot_sources(
     _need(df, ["bucket", "source", "messages"], "sources")
     ax = _axes(ax)
     tz, freq = _tz(df), _freq(df)
-    wide = _stack_groups(df, "source", "messages", top)
+    wide = frames.top_n(df, "messages", top, "source")
     _bars_or_lines(ax, wide, freq, kind)
     _date_axis(ax, tz)
     _count_axis(ax)
@@ -415,17 +476,18 @@ def plot_trust(df: pd.DataFrame, *, ax: Axes | None = None, title: str | None = 
 # --- from the cache in one call ---------------------------------------------------------
 
 PlotFn = Callable[..., Axes]
-CHARTS: dict[str, tuple[Callable[..., pd.DataFrame], PlotFn, frozenset[str]]] = {
-    "activity": (frames.activity, plot_activity, frozenset({"metric", "kind", "top", "title"})),
-    "users": (frames.users, plot_users, frozenset({"metric", "top", "title"})),
-    "heatmap": (frames.weekday_hour, plot_heatmap, frozenset({"metric", "title"})),
-    "lifecycle": (frames.lifecycle, plot_lifecycle, frozenset({"title"})),
-    "retention": (frames.retention, plot_retention, frozenset({"value", "title", "annotate"})),
-    "sources": (frames.sources, plot_sources, frozenset({"kind", "top", "title"})),
-    "binge_length": (frames.sessions, plot_binge_length, frozenset({"bins", "title"})),
-    "trust": (frames.votes, plot_trust, frozenset({"title"})),
-}
-"""Chart name → (frame function, plot function, the keyword arguments that go to the plot)."""
+
+
+def _charts() -> dict[str, tuple[Callable[..., pd.DataFrame], PlotFn, frozenset[str]]]:
+    return {
+        name: (frames.FRAMES[c.report], globals()[c.plot], c.plot_options)
+        for name, c in catalog.CHARTS.items()
+    }
+
+
+CHARTS = _charts()
+"""Chart name -> (frame function, plot function, the keyword arguments that go to the plot):
+a view of ``catalog.CHARTS``."""
 
 
 def chart(
@@ -440,22 +502,25 @@ def chart(
 
     ``params`` are split: drawing options (``metric``, ``kind``, ``top``, ``value``, ``bins``,
     ``title``) go to the plot, everything else (``freq``, ``tz``, ``by``, ``start``, ...) to
-    the frame function.
+    the frame function. A catalogue option the chart's frame does not take (``freq`` for
+    the users chart, ``by`` for binge length) is a ConfigError, not silently dropped.
     """
-    if name not in CHARTS:
-        raise ConfigError(f"unknown chart {name!r}: use one of {', '.join(CHARTS)}")
+    entry = catalog.chart(name)
     frame_fn, plot_fn, plot_keys = CHARTS[name]
     plot_params = {k: v for k, v in params.items() if k in plot_keys}
     frame_params = {k: v for k, v in params.items() if k not in plot_keys}
-    if name == "binge_length" and frame_params.pop("by", None) is not None:
-        raise ConfigError("the binge_length chart is not grouped: drop by=")
+    takes = catalog.chart_options(name)
+    wrong = sorted(k for k in frame_params if k in catalog.OPTIONS and k not in takes)
+    if wrong:
+        raise ConfigError(f"{', '.join(wrong)} does not apply to the {entry.name} chart: drop it")
     df = frame_fn(con, guru, **frame_params)
     return plot_fn(df, ax=ax, **plot_params)
 
 
 def save(target: Axes | Figure, path: str | os.PathLike[str], *, dpi: int = 120) -> Path:
-    """Write the chart's figure to ``path`` as PNG or SVG (by extension), atomically, so a
-    failed write never leaves a half file behind."""
+    """Write the chart's figure to ``path`` as PNG or SVG (by extension), atomically and with
+    the same file mode as the CSV reports (``reports.atomic_write``), so a failed write
+    never leaves a half file behind."""
     out = Path(path)
     fmt = out.suffix.lower().lstrip(".")
     if fmt not in ("png", "svg"):
@@ -464,12 +529,6 @@ def save(target: Axes | Figure, path: str | os.PathLike[str], *, dpi: int = 120)
     if not isinstance(fig, Figure):
         raise ConfigError("save() needs a matplotlib Axes or Figure")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".{fmt}", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=fmt, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(out) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
     return out

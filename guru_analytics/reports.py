@@ -96,9 +96,10 @@ def write_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
         con.close()
 
 
-class _atomic:
-    """Context manager giving a temporary path next to ``path``; renamed into place on
-    success, removed on failure."""
+class atomic_write:
+    """Context manager giving a temporary path next to ``path`` for the writer to create;
+    renamed into place on success, removed on failure. The writer creates the file, so it
+    gets the process's normal mode (umask): CSV, Parquet and chart files alike."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -120,6 +121,9 @@ class _atomic:
             os.replace(self.tmp, self.path)
         elif self.tmp.exists():
             self.tmp.unlink()
+
+
+_atomic = atomic_write
 
 
 def file_format(path: str | os.PathLike[str]) -> str:

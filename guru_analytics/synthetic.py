@@ -7,7 +7,9 @@ default ``end`` is a fixed date so the same seed always yields the same frame.
 Messages (the Get Session conversation) are not stored: they are recomputed on demand from a
 hash of (seed, session id) and the session's row, both one session at a time
 (``SyntheticGuru.messages``) and in bulk (``message_events``), and both paths share the same
-vectorised core, so they always agree.
+vectorised core, so they always agree. ``question_events`` is the same messages as one row
+each (what the analytics export lists), and ``standalone_questions`` adds the questions that
+belong to no session: ones asked on their own page and ones the guru could not answer.
 
 The shapes are meant to look like a real guru: a few power users and a long tail, widget
 visitors without an external user id, a weekday and time-of-day rhythm (UTC), growth over
@@ -28,8 +30,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._corpus import FIRST_NAMES, FOLLOW_UPS, LAST_NAMES, OFF_TOPIC, TOPICS
 from .errors import ConfigError, NotFoundError
-from .timestamps import format_offset
+from .timestamps import (
+    format_offset,
+    from_micros,
+    micros_to_series,
+    series_to_micros,
+    to_micros,
+)
 
 DEFAULT_END = datetime(2025, 11, 1, tzinfo=UTC)
 """The default end of the generated history: fixed, so a seed always gives the same data."""
@@ -52,117 +61,17 @@ SESSION_COLUMNS: tuple[str, ...] = (
 _US_PER_S = 1_000_000
 _US_PER_DAY = 86_400 * _US_PER_S
 
-# topic -> (title templates, subjects). Titles are every template x subject.
-_TOPICS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "install": (
-        (
-            "How do I install {s}?",
-            "Installing {s} fails with a permission error",
-            "What are the system requirements for {s}?",
-            "Can I install {s} without Docker?",
-        ),
-        (
-            "the CLI",
-            "the Python SDK",
-            "the self-hosted server",
-            "the VS Code extension",
-            "the widget",
-        ),
-    ),
-    "auth": (
-        (
-            "How do I rotate the API key for {s}?",
-            "Why does {s} return 401 Invalid API key?",
-            "How do I set up SSO with {s}?",
-        ),
-        ("Okta", "Google Workspace", "GitHub OAuth", "Azure AD", "the REST API"),
-    ),
-    "api": (
-        (
-            "What is the rate limit of {s}?",
-            "How do I paginate {s}?",
-            "Why does {s} time out?",
-            "Is there a webhook for {s}?",
-        ),
-        (
-            "the sessions endpoint",
-            "the answer endpoint",
-            "the data sources API",
-            "streaming answers",
-        ),
-    ),
-    "deployment": (
-        (
-            "How do I deploy {s} on Kubernetes?",
-            "How do I upgrade {s}?",
-            "How do I back up {s}?",
-            "Why does {s} run out of memory?",
-        ),
-        ("Gurubase", "the Postgres database", "the Milvus vector store", "the Nginx proxy"),
-    ),
-    "billing": (
-        (
-            "How do I change {s}?",
-            "Why was I charged twice for {s}?",
-            "Can I get an invoice for {s}?",
-        ),
-        ("my plan", "extra seats", "the annual subscription", "API overage"),
-    ),
-    "integrations": (
-        (
-            "How do I connect {s}?",
-            "Why is the {s} bot not answering?",
-            "Can the {s} integration answer in threads?",
-        ),
-        ("Slack", "Discord", "GitHub issues", "Jira", "Zendesk"),
-    ),
-    "data sources": (
-        (
-            "How do I index {s}?",
-            "Why is {s} not crawled?",
-            "How often is {s} re-indexed?",
-        ),
-        (
-            "a sitemap",
-            "a PDF manual",
-            "a YouTube playlist",
-            "a private GitHub repo",
-            "Confluence pages",
-        ),
-    ),
-}
-
-_FOLLOW_UPS: tuple[str, ...] = (
-    "Can you show an example?",
-    "What about on Windows?",
-    "That did not work, I still get an error",
-    "Is there a way to do this from the API?",
-    "Thanks! And how do I undo it?",
-    "Which version added this?",
-    "Does this also apply to the self-hosted edition?",
-    "Can you link the docs for that?",
-    "Is there a limit on how many I can have?",
-    "How long does that take?",
-)
-
-_FIRST_NAMES = ("maria", "li", "ahmed", "olga", "sam", "priya", "jonas", "ana", "kenji", "fatima")
-_LAST_NAMES = (
-    "garcia",
-    "wang",
-    "hassan",
-    "ivanova",
-    "lee",
-    "patel",
-    "berg",
-    "silva",
-    "sato",
-    "diallo",
-)
-
 # Salts for the per-message hash streams.
-_SALT_GAP, _SALT_SOURCE, _SALT_TRUST, _SALT_VOTE, _SALT_FOLLOW, _SALT_REFS, _SALT_SLUG = range(1, 8)
-
-_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+(
+    _SALT_GAP,
+    _SALT_SOURCE,
+    _SALT_TRUST,
+    _SALT_VOTE,
+    _SALT_FOLLOW,
+    _SALT_REFS,
+    _SALT_SLUG,
+    _SALT_ALONE,
+) = range(1, 9)
 
 
 @dataclass
@@ -222,7 +131,7 @@ def generate(
         raise ConfigError("end must be a tz-aware datetime: pass e.g. datetime(..., tzinfo=UTC)")
     rng = np.random.default_rng(seed)
     n = int(n_sessions)
-    end_us = _to_us(end)
+    end_us = to_micros(end)
     start_us = end_us - days * _US_PER_DAY
 
     ids = _uuid4_strings(rng, n)
@@ -275,8 +184,8 @@ def generate(
     frame = pd.DataFrame(
         {
             "id": pd.Series(ids[o], dtype="str"),
-            "last_used": _us_to_series(last_used[o]),
-            "date_created": _us_to_series(created[o]),
+            "last_used": micros_to_series(last_used[o]),
+            "date_created": micros_to_series(created[o]),
             "root_question_name": pd.Series(names[o], dtype="str"),
             "root_question_slug": pd.Series(slugs[o], dtype="str"),
             "user_question": pd.Series(user_q[o], dtype="str"),
@@ -320,15 +229,15 @@ def new_sessions(
         _base36(np.arange(slug_counter_start, slug_counter_start + n)),
     )
     if isinstance(at, pd.Series):
-        at_us = _series_to_us(at)
+        at_us = series_to_micros(at)
     else:
-        at_us = np.array([_to_us(t) for t in at], dtype=np.int64)
+        at_us = np.array([to_micros(t) for t in at], dtype=np.int64)
     src = source or ("API" if external_user_id else "WIDGET QUESTION")
     return pd.DataFrame(
         {
             "id": pd.Series(_uuid4_strings(rng, n), dtype="str"),
-            "last_used": _us_to_series(at_us),
-            "date_created": _us_to_series(at_us),
+            "last_used": micros_to_series(at_us),
+            "date_created": micros_to_series(at_us),
             "root_question_name": pd.Series(titles[title_idx], dtype="str"),
             "root_question_slug": pd.Series(
                 _concat(slug_bases[title_idx], "-", suffix), dtype="str"
@@ -355,15 +264,15 @@ def message_events(sessions: pd.DataFrame, *, seed: int | None = None) -> pd.Dat
     n_msgs = sessions["n_messages"].to_numpy(dtype=np.int64)
     n_msgs = np.where(sessions["has_root"].to_numpy(dtype=bool), n_msgs, 0)
     keys = session_keys(sessions["id"], seed)
-    created = _series_to_us(sessions["date_created"])
-    last = _series_to_us(sessions["last_used"])
+    created = series_to_micros(sessions["date_created"])
+    last = series_to_micros(sessions["last_used"])
     row, k, ts = _message_times(keys, created, last, n_msgs)
     ids = sessions["id"].to_numpy(dtype=object)
     return pd.DataFrame(
         {
             "id": pd.Series(ids[row], dtype="str"),
             "message_index": k.astype("int64"),
-            "ts": _us_to_series(ts),
+            "ts": micros_to_series(ts),
         }
     )
 
@@ -381,79 +290,187 @@ def conversation(
         return []
     n = int(row.get("n_messages", 1) or 1)
     keys = session_keys([str(row["id"])], seed)
-    created = np.array([_to_us(_as_datetime(row["date_created"]))], dtype=np.int64)
+    created = np.array([to_micros(_as_datetime(row["date_created"]))], dtype=np.int64)
     base_last = row.get("base_last_used", row["last_used"])
-    last = np.array([_to_us(_as_datetime(base_last))], dtype=np.int64)
+    last = np.array([to_micros(_as_datetime(base_last))], dtype=np.int64)
     _row, k, ts = _message_times(keys, created, last, np.array([n], dtype=np.int64))
-    extra_us = [_to_us(t) for t in extra_times]
+    extra_us = [to_micros(t) for t in extra_times]
     k_all = np.concatenate([k, np.arange(n, n + len(extra_us), dtype=np.int64)])
     ts_all = np.concatenate([ts, np.array(extra_us, dtype=np.int64)])
     key = np.full(len(k_all), keys[0], dtype=np.uint64)
-    u_source = _uniform(key, k_all, _SALT_SOURCE)
-    u_trust = _uniform(key, k_all, _SALT_TRUST)
-    u_vote = _uniform(key, k_all, _SALT_VOTE)
-    u_follow = _uniform(key, k_all, _SALT_FOLLOW)
-    u_refs = _uniform(key, k_all, _SALT_REFS)
-    slug_hash = _mix(
-        key ^ (k_all.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ np.uint64(_SALT_SLUG)
-    )
-    msg_ids = (keys[0] % np.uint64(2**48)) * np.uint64(16)
     title = str(row.get("root_question_name") or "")
-    root_slug = str(row.get("root_question_slug") or "")
     hidden = row.get("user_question")
     hidden = (
         title
         if hidden is None or (isinstance(hidden, float) and math.isnan(hidden))
         else str(hidden)
     )
-    session_source = str(row.get("source") or "USER")
+    f = _message_fields(
+        key,
+        k_all,
+        np.full(len(k_all), str(row.get("source") or "USER"), dtype=object),
+        np.full(len(k_all), title, dtype=object),
+        np.full(len(k_all), hidden, dtype=object),
+        np.full(len(k_all), str(row.get("root_question_slug") or ""), dtype=object),
+    )
+    msg_ids = (keys[0] % np.uint64(2**48)) * np.uint64(16)
     out: list[dict[str, Any]] = []
     parent: str | None = None
     for i in range(len(k_all)):
         kk = int(k_all[i])
-        when = _from_us(int(ts_all[i]))
-        if kk == 0:
-            question, wording, slug = title, hidden, root_slug
-        else:
-            question = _FOLLOW_UPS[int(u_follow[i] * len(_FOLLOW_UPS))]
-            wording = question.lower().rstrip("?!.")
-            slug = f"{_slugify(question)}-{int(slug_hash[i]) & 0xFFFFFFFF:08x}"
-        source = (
-            session_source if u_source[i] < 0.9 else SOURCES[int(u_source[i] * 100) % len(SOURCES)]
-        )
-        trust = int(round(100 * float(u_trust[i]) ** 0.35))
-        vote = "upvote" if u_vote[i] < 0.15 else ("downvote" if u_vote[i] < 0.2 else None)
-        n_refs = int(u_refs[i] * 4)
+        when = from_micros(int(ts_all[i]))
+        question, slug, n_refs = f["question"][i], f["slug"][i], int(f["n_references"][i])
         out.append(
             {
                 "id": str(int(msg_ids) + kk),
                 "slug": slug,
-                "user_question": wording,
+                "user_question": f["user_question"][i],
                 "question": question,
                 "answer": _answer(question, n_refs),
                 "date_created": format_offset(when),
                 "date_updated": format_offset(when + timedelta(seconds=2 + kk % 7)),
-                "references": [
-                    {
-                        "link": f"https://docs.example.com/{_slugify(question)[:40]}/{j + 1}",
-                        "icon": "https://docs.example.com/favicon.ico",
-                        "title": f"Docs: {question[:50]} (part {j + 1})",
-                    }
-                    for j in range(n_refs)
-                ],
-                "trust_score": max(0, min(100, trust)),
+                "references": reference_list(question, n_refs),
+                "trust_score": int(f["trust_score"][i]),
                 "parent_slug": parent,
-                "source": source,
-                "user_vote": vote,
+                "source": f["source"][i],
+                "user_vote": f["user_vote"][i],
             }
         )
         parent = slug
     return out
 
 
-def messages(guru: SyntheticGuru, session_id: str) -> list[dict[str, Any]]:
-    """Module-level spelling of ``guru.messages(session_id)``."""
-    return guru.messages(session_id)
+def reference_list(question: str, n_refs: int) -> list[dict[str, str]]:
+    """The ``references`` of a message: ``n_refs`` docs pages named after its question."""
+    return [
+        {
+            "link": f"https://docs.example.com/{_slugify(question)[:40]}/{j + 1}",
+            "icon": "https://docs.example.com/favicon.ico",
+            "title": f"Docs: {question[:50]} (part {j + 1})",
+        }
+        for j in range(n_refs)
+    ]
+
+
+def question_events(
+    sessions: pd.DataFrame,
+    *,
+    seed: int | None = None,
+    extra_times: Mapping[str, Sequence[int]] | None = None,
+) -> pd.DataFrame:
+    """One row per message of every session, with what Get Session says of it (vectorised).
+
+    Columns: ``session_id``, ``message_index`` (0 = root), ``ts`` (tz-aware UTC),
+    ``source`` (API code), ``trust_score`` (0-100), ``slug``, ``question``, ``user_question``,
+    ``root_question_slug``, ``n_references``. It shares its core with ``conversation()``, so
+    the two always agree. ``extra_times`` maps a session id to follow-up times in µs (the
+    local server's touches); a ``base_last_used`` column, when present, is the generated
+    history's end (``last_used`` minus touches). Sessions without a root question have none.
+    """
+    if seed is None:
+        seed = int(sessions.attrs.get("synthetic_seed", 0))
+    n_msgs = sessions["n_messages"].to_numpy(dtype=np.int64)
+    n_msgs = np.where(sessions["has_root"].to_numpy(dtype=bool), np.maximum(n_msgs, 1), 0)
+    keys = session_keys(sessions["id"], seed)
+    created = series_to_micros(sessions["date_created"])
+    last_col = "base_last_used" if "base_last_used" in sessions.columns else "last_used"
+    last = series_to_micros(sessions[last_col])
+    row, k, ts = _message_times(keys, created, last, n_msgs)
+    ids = sessions["id"].to_numpy(dtype=object)
+    if extra_times:
+        pos = {sid: i for i, sid in enumerate(ids.tolist())}
+        x_row, x_k, x_ts = [], [], []
+        for sid, times in extra_times.items():
+            i = pos.get(sid)
+            if i is None or n_msgs[i] == 0:
+                continue
+            for j, t in enumerate(times):
+                x_row.append(i)
+                x_k.append(int(n_msgs[i]) + j)
+                x_ts.append(int(t))
+        row = np.concatenate([row, np.array(x_row, dtype=np.int64)])
+        k = np.concatenate([k, np.array(x_k, dtype=np.int64)])
+        ts = np.concatenate([ts, np.array(x_ts, dtype=np.int64)])
+    titles = _fill_text(sessions["root_question_name"], "")
+    hidden = _fill_text(sessions["user_question"], None)
+    hidden = np.where(pd.isna(hidden), titles, hidden)
+    f = _message_fields(
+        keys[row],
+        k,
+        _fill_text(sessions["source"], "USER")[row],
+        titles[row],
+        hidden[row],
+        _fill_text(sessions["root_question_slug"], "")[row],
+    )
+    return pd.DataFrame(
+        {
+            "session_id": pd.Series(ids[row], dtype="str"),
+            "message_index": k.astype("int64"),
+            "ts": micros_to_series(ts),
+            "source": pd.Series(f["source"], dtype="str"),
+            "trust_score": f["trust_score"].astype("int64"),
+            "slug": pd.Series(f["slug"], dtype="str"),
+            "question": pd.Series(f["question"], dtype="str"),
+            "user_question": pd.Series(f["user_question"], dtype="str"),
+            "root_question_slug": pd.Series(f["root_slug"], dtype="str"),
+            "n_references": f["n_references"].astype("int64"),
+        }
+    )
+
+
+def standalone_questions(sessions: pd.DataFrame, *, seed: int | None = None) -> pd.DataFrame:
+    """Questions outside any session, and questions the guru could not answer.
+
+    Deterministic per (seed, session id): about 12% of sessions with a root question have a
+    question asked on its own page up to two hours before the session started (``kind``
+    ``"question"``, with a slug and a trust score), about 8% an unanswerable question up to
+    two hours before (``kind`` ``"unanswered"``). Columns: ``kind``, ``ts`` (tz-aware UTC),
+    ``source`` (API code), ``question``, ``slug`` (None for unanswered), ``trust_score``.
+    """
+    if seed is None:
+        seed = int(sessions.attrs.get("synthetic_seed", 0))
+    has_root = sessions["has_root"].to_numpy(dtype=bool)
+    keys = session_keys(sessions["id"], seed)
+    created = series_to_micros(sessions["date_created"])
+    zero = np.zeros(len(keys), dtype=np.int64)
+    u_alone = _uniform(keys, zero, _SALT_ALONE)
+    u_when = _uniform(keys, zero + 1, _SALT_ALONE)
+    u_pick = _uniform(keys, zero + 2, _SALT_ALONE)
+    u_src = _uniform(keys, zero + 3, _SALT_ALONE)
+    u_trust = _uniform(keys, zero + 4, _SALT_ALONE)
+    asked = has_root & (u_alone < 0.12)
+    unanswered = has_root & (u_alone >= 0.12) & (u_alone < 0.20)
+    titles, slug_bases, _wordings, _topics = _catalog(seed)
+    ts = created - (u_when * 2 * 3600 * _US_PER_S).astype(np.int64)
+    source = np.array(SOURCES, dtype=object)[(u_src * len(SOURCES)).astype(np.int64)]
+    pick_title = (u_pick * len(titles)).astype(np.int64)
+    pick_off = (u_pick * len(OFF_TOPIC)).astype(np.int64)
+    suffix = [f"{int(h) & 0xFFFFFF:06x}" for h in keys[asked]]
+    q_slug = _concat(slug_bases[pick_title[asked]], "-q", np.array(suffix, dtype=object))
+    n_q, n_u = int(asked.sum()), int(unanswered.sum())
+    trust = np.clip(np.round(100 * u_trust**0.35).astype(np.int64), 0, 100)
+    return pd.DataFrame(
+        {
+            "kind": pd.Series(["question"] * n_q + ["unanswered"] * n_u, dtype="str"),
+            "ts": micros_to_series(np.concatenate([ts[asked], ts[unanswered]])),
+            "source": pd.Series(np.concatenate([source[asked], source[unanswered]]), dtype="str"),
+            "question": pd.Series(
+                np.concatenate(
+                    [
+                        titles[pick_title[asked]],
+                        np.array(OFF_TOPIC, dtype=object)[pick_off[unanswered]],
+                    ]
+                ),
+                dtype="str",
+            ),
+            "slug": pd.Series(
+                np.concatenate([q_slug, np.full(n_u, None, dtype=object)]), dtype="str"
+            ),
+            "trust_score": pd.Series(
+                np.concatenate([trust[asked], np.zeros(n_u, dtype=np.int64)]), dtype="int64"
+            ),
+        }
+    )
 
 
 def session_keys(ids: Sequence[str] | pd.Series | np.ndarray, seed: int) -> np.ndarray:
@@ -509,6 +526,51 @@ def _uniform(keys: np.ndarray, k: np.ndarray, salt: int) -> np.ndarray:
         )
     )
     return (h >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
+
+
+def _message_fields(
+    key: np.ndarray,
+    k: np.ndarray,
+    session_source: np.ndarray,
+    title: np.ndarray,
+    hidden: np.ndarray,
+    root_slug: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """What each message says, one array per field, from (session key, message index) and
+    its session's row values (one per message): the one core of ``conversation()`` and
+    ``question_events()``."""
+    u_source = _uniform(key, k, _SALT_SOURCE)
+    u_trust = _uniform(key, k, _SALT_TRUST)
+    u_vote = _uniform(key, k, _SALT_VOTE)
+    u_follow = _uniform(key, k, _SALT_FOLLOW)
+    u_refs = _uniform(key, k, _SALT_REFS)
+    slug_hash = _mix(
+        key ^ (k.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ np.uint64(_SALT_SLUG)
+    )
+    follow = np.minimum((u_follow * len(FOLLOW_UPS)).astype(np.int64), len(FOLLOW_UPS) - 1)
+    follow_q = np.array(FOLLOW_UPS, dtype=object)
+    follow_w = np.array([q.lower().rstrip("?!.") for q in FOLLOW_UPS], dtype=object)
+    follow_s = np.array([_slugify(q) + "-" for q in FOLLOW_UPS], dtype=object)
+    root = k == 0
+    hexes = np.array([f"{int(h) & 0xFFFFFFFF:08x}" for h in slug_hash], dtype=object)
+    alt = np.array(SOURCES, dtype=object)[(u_source * 100).astype(np.int64) % len(SOURCES)]
+    vote = np.where(u_vote < 0.15, "upvote", np.where(u_vote < 0.2, "downvote", None))
+    return {
+        "question": np.where(root, title, follow_q[follow]),
+        "user_question": np.where(root, hidden, follow_w[follow]),
+        "slug": np.where(root, root_slug, _concat(follow_s[follow], hexes)),
+        "root_slug": root_slug,
+        "source": np.where(u_source < 0.9, session_source, alt),
+        "trust_score": np.clip(np.round(100 * u_trust**0.35).astype(np.int64), 0, 100),
+        "user_vote": vote.astype(object),
+        "n_references": (u_refs * 4).astype(np.int64),
+    }
+
+
+def _fill_text(s: pd.Series, default: str | None) -> np.ndarray:
+    """A text column as an object array, missing values replaced by ``default``."""
+    arr = s.to_numpy(dtype=object)
+    return np.where(pd.isna(arr), default, arr).astype(object)
 
 
 def _message_times(
@@ -675,8 +737,8 @@ def _user_ids(n_users: int) -> np.ndarray:
     out = []
     for i in range(1, n_users + 1):
         if i % 3 == 0:
-            first = _FIRST_NAMES[i % len(_FIRST_NAMES)]
-            last = _LAST_NAMES[(i // len(_FIRST_NAMES)) % len(_LAST_NAMES)]
+            first = FIRST_NAMES[i % len(FIRST_NAMES)]
+            last = LAST_NAMES[(i // len(FIRST_NAMES)) % len(LAST_NAMES)]
             out.append(f"{first}.{last}{i}@example.com")
         else:
             out.append(f"user-{i:04d}")
@@ -694,7 +756,7 @@ def _catalog(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     rng = np.random.default_rng([seed, 104729])
     titles: list[str] = []
     topics: list[str] = []
-    for topic, (templates, subjects) in _TOPICS.items():
+    for topic, (templates, subjects) in TOPICS.items():
         for template in templates:
             for subject in subjects:
                 titles.append(template.format(s=subject))
@@ -748,38 +810,11 @@ def _answer(question: str, n_refs: int) -> str:
 # --- time conversions ---------------------------------------------------------------------
 
 
-def _to_us(ts: datetime | pd.Timestamp) -> int:
-    """Microseconds since the epoch of a tz-aware instant (exact, no float rounding)."""
-    if isinstance(ts, pd.Timestamp):
-        if ts.tzinfo is None:
-            raise ConfigError("timestamps must be tz-aware UTC")
-        return int(ts.tz_convert("UTC").as_unit("us").value)
-    if ts.tzinfo is None:
-        raise ConfigError("timestamps must be tz-aware UTC")
-    delta = ts.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * _US_PER_S + delta.microseconds
-
-
-def _from_us(us: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(us))
-
-
 def _as_datetime(value: Any) -> datetime:
     if isinstance(value, pd.Timestamp):
         return value.to_pydatetime()
     if isinstance(value, datetime):
         return value
     if isinstance(value, np.datetime64):
-        return _from_us(int(value.astype("datetime64[us]").astype(np.int64)))
+        return from_micros(int(value.astype("datetime64[us]").astype(np.int64)))
     raise ConfigError(f"expected a datetime, got {type(value).__name__}")
-
-
-def _us_to_series(us: np.ndarray) -> pd.Series:
-    return pd.Series(np.asarray(us, dtype=np.int64).view("datetime64[us]")).dt.tz_localize("UTC")
-
-
-def _series_to_us(s: pd.Series) -> np.ndarray:
-    if s.dt.tz is None:
-        raise ConfigError("timestamp columns must be tz-aware UTC")
-    naive = s.dt.tz_convert("UTC").dt.tz_localize(None).dt.as_unit("us")
-    return naive.to_numpy(dtype="datetime64[us]").view(np.int64).astype(np.int64)

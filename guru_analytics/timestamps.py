@@ -7,10 +7,18 @@ and sometimes no fraction; both are read here so the client and the server agree
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:  # pandas/numpy load lazily: the CLI imports this module on every start
+    import numpy as np
+    import pandas as pd
+
+_US_PER_S = 1_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def parse_api_timestamp(value: str) -> datetime:
@@ -56,3 +64,40 @@ def check_tz(tz: str) -> str:
             f"unknown time zone {tz!r}: use an IANA name such as 'Europe/Berlin' or 'UTC'"
         ) from exc
     return tz
+
+
+# --- microseconds since the epoch: the one conversion the server and synthetic data share ---
+
+
+def to_micros(ts: datetime | Any) -> int:
+    """Microseconds since the epoch of a tz-aware instant (``datetime`` or ``pandas.Timestamp``),
+    exact (no float rounding). Naive times raise ``ConfigError``."""
+    if ts.tzinfo is None:
+        raise ConfigError("timestamps must be tz-aware UTC: pass datetime(..., tzinfo=UTC)")
+    if hasattr(ts, "as_unit"):  # a pandas.Timestamp: may carry nanoseconds
+        return int(ts.tz_convert("UTC").as_unit("us").value)
+    delta = ts.astimezone(UTC) - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * _US_PER_S + delta.microseconds
+
+
+def from_micros(us: int) -> datetime:
+    """The tz-aware UTC ``datetime`` of a microsecond count (inverse of ``to_micros``)."""
+    return _EPOCH + timedelta(microseconds=int(us))
+
+
+def micros_to_series(us: np.ndarray | Any) -> pd.Series:
+    """A tz-aware UTC ``datetime64[us]`` Series from an array of microsecond counts."""
+    import numpy as np
+    import pandas as pd
+
+    return pd.Series(np.asarray(us, dtype=np.int64).view("datetime64[us]")).dt.tz_localize("UTC")
+
+
+def series_to_micros(s: pd.Series) -> np.ndarray:
+    """Microsecond counts (int64 array) of a tz-aware Series; naive ones raise ``ConfigError``."""
+    import numpy as np
+
+    if s.dt.tz is None:
+        raise ConfigError("timestamp columns must be tz-aware UTC")
+    naive = s.dt.tz_convert("UTC").dt.tz_localize(None).dt.as_unit("us")
+    return naive.to_numpy(dtype="datetime64[us]").view(np.int64).astype(np.int64)

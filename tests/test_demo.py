@@ -17,8 +17,9 @@ ARGS = ["--sessions", str(SESSIONS), "--users", str(USERS), "--days", str(DAYS),
 # The columns each CSV must have (reports write frames.COLUMNS in order).
 COLUMNS = {
     "sessions": ["guru", "id", "title", "users", "first_event", "last_event", "messages"],
-    "activity_day_by_user": ["bucket", "user", "active_sessions", "new_sessions", "active_users"],
-    "activity_week_by_user": ["bucket", "user", "active_sessions", "new_sessions", "active_users"],
+    # issue 16: per-user rows have no active_users; every bucket says whether it is complete
+    "activity_day_by_user": ["bucket", "user", "active_sessions", "new_sessions", "complete"],
+    "activity_week_by_user": ["bucket", "user", "active_sessions", "new_sessions", "complete"],
     "users": ["user", "sessions", "events", "active_days", "share", "rank"],
     "lifecycle": ["bucket", "active_users", "new_users", "returning_users", "dormant_users"],
     "retention": ["cohort", "cohort_size", "period", "users", "rate"],
@@ -54,7 +55,12 @@ def test_demo_writes_everything_then_syncs_incrementally(
     assert csv["lifecycle"]["new_users"].sum() == USERS
     summary = csv["summary"].set_index("metric")
     assert summary.loc["active_sessions", "current"] > 0
-    assert (csv["retention"].query("period == 0")["rate"] == 1.0).all()
+    # issue 16: the demo's horizon is its newest event: the last day/week is partial, and a
+    # partial period has no rate (the newest cohort's period 0 included)
+    assert (csv["retention"].query("period == 0 and complete")["rate"] == 1.0).all()
+    assert csv["retention"].query("not complete")["rate"].isna().all()
+    day = csv["activity_day_by_user"]
+    assert not day["complete"].iloc[-1] and day["complete"].iloc[0]
 
     for name in PNG_CHARTS:
         path = out / f"{name}.png"

@@ -76,6 +76,7 @@ def test_activity_daily_utc_with_empty_days(con: duckdb.DuckDBPyConnection) -> N
     df = frames.activity(con, "g")
     assert list(df.columns) == [
         "bucket", "active_sessions", "new_sessions", "events", "active_users", "messages",
+        "complete",
     ]  # fmt: skip
     assert len(df) == 22  # Apr 7 .. Apr 28, idle days included
     assert df["bucket"].iloc[0] == ts("2025-04-07")
@@ -126,11 +127,13 @@ def test_activity_by_user_counts_shared_sessions_for_each(con: duckdb.DuckDBPyCo
     assert len(df) == 22 * 5  # every day for every active user, incl. (unattributed)
     assert list(df["user"].iloc[:5]) == ["(unattributed)", "alice", "bob", "carol", "erin"]
     k = df.set_index([df["bucket"].dt.day, "user"])
-    m = ["active_sessions", "new_sessions", "events", "active_users"]
-    assert tuple(k.loc[(8, "alice"), m]) == (2, 1, 2, 1)
-    assert tuple(k.loc[(8, "carol"), m]) == (1, 1, 1, 1)
-    assert tuple(k.loc[(9, "(unattributed)"), m]) == (2, 2, 2, 0)
-    assert tuple(k.loc[(7, "bob"), [*m, "messages"]]) == (1, 1, 2, 1, 2)
+    # issue 16: per-user rows have no active_users (it could only be 0 or 1 per row)
+    assert "active_users" not in df.columns
+    m = ["active_sessions", "new_sessions", "events"]
+    assert tuple(k.loc[(8, "alice"), m]) == (2, 1, 2)
+    assert tuple(k.loc[(8, "carol"), m]) == (1, 1, 1)
+    assert tuple(k.loc[(9, "(unattributed)"), m]) == (2, 2, 2)
+    assert tuple(k.loc[(7, "bob"), [*m, "messages"]]) == (1, 1, 2, 2)
     # per-user sums exceed the total by exactly the shared session's extra count
     total = frames.activity(con, "g")
     assert df["active_sessions"].sum() == total["active_sessions"].sum() + 2  # c1 twice, on 2 days
@@ -247,14 +250,17 @@ def test_activity_without_messages_says_so(con: duckdb.DuckDBPyConnection) -> No
 def test_users(con: duckdb.DuckDBPyConnection) -> None:
     df = frames.users(con, "g")
     assert list(df.columns) == [c.name for c in frames.COLUMNS["users"]]
+    # issue 16: only known users are ranked (ties share a rank, the next skips); the
+    # (unattributed) row comes last, unranked, with its share of ALL active sessions (8),
+    # while known users' shares are of the 6 sessions with a known user.
     assert rows(df, "user", "sessions", "events", "active_days", "active_weeks", "rank") == [
         ("alice", 3, 6, 5, 3, 1),
         ("bob", 2, 3, 2, 2, 2),
-        ("(unattributed)", 2, 2, 1, 1, 3),
-        ("carol", 1, 2, 2, 2, 4),
-        ("erin", 1, 2, 2, 2, 4),
+        ("carol", 1, 2, 2, 2, 3),
+        ("erin", 1, 2, 2, 2, 3),
+        ("(unattributed)", 2, 2, 1, 1, pd.NA),
     ]
-    assert list(df["share"]) == [3 / 8, 2 / 8, 2 / 8, 1 / 8, 1 / 8]
+    assert list(df["share"]) == [3 / 6, 2 / 6, 1 / 6, 1 / 6, 2 / 8]
     alice = df.iloc[0]
     assert alice["first_active"] == ts("2025-04-07T10:00Z")
     assert alice["last_active"] == ts("2025-04-21T15:00Z")
@@ -294,13 +300,19 @@ def test_retention_weekly(con: duckdb.DuckDBPyConnection) -> None:
         (3, 0, 3), (3, 1, 1), (3, 2, 2), (3, 3, 1),  # cohort Apr 7: alice, bob, carol
         (1, 0, 1), (1, 1, 1), (1, 2, 0),  # cohort Apr 14: erin; period 3 not observed yet
     ]  # fmt: skip
-    assert np.allclose(df["rate"], [1, 1 / 3, 2 / 3, 1 / 3, 1, 1, 0])
+    # issue 16: the week of Apr 28 is partial (the horizon is just after the newest event,
+    # Apr 28 08:00, as this cache has no sync run): no rate for it, users so far are kept.
+    assert list(df["complete"]) == [True, True, True, False, True, True, False]
+    assert np.allclose(df["rate"], [1, 1 / 3, 2 / 3, np.nan, 1, 1, np.nan], equal_nan=True)
     assert list(df["cohort"].dt.day) == [7, 7, 7, 7, 14, 14, 14]
     assert list(df["bucket"].dt.day) == [7, 14, 21, 28, 14, 21, 28]
     matrix = frames.retention_matrix(df)
     assert matrix.shape == (2, 4) and np.isnan(matrix.iloc[1, 3])
     assert len(frames.retention(con, "g", periods=2)) == 4
-    assert (frames.retention(con, "g", "M")["rate"] == [1.0]).all()
+    # April has not ended by the newest event: partial, no rate; given now= May 1 it has.
+    monthly = frames.retention(con, "g", "M")
+    assert not monthly["complete"].any() and monthly["rate"].isna().all()
+    assert (frames.retention(con, "g", "M", now="2025-05-01")["rate"] == [1.0]).all()
 
 
 # --- summary ----------------------------------------------------------------------------
@@ -485,7 +497,7 @@ def test_results_do_not_depend_on_the_connection_time_zone() -> None:
     )
     assert list(hours["events"]) == [1, 0, 1, 1, 0]
     assert frames.activity(c, "g", "W")["active_sessions"].tolist() == [6, 2, 2, 1]
-    assert frames.users(c, "g")["active_days"].tolist() == [5, 2, 1, 2, 2]
+    assert frames.users(c, "g")["active_days"].tolist() == [5, 2, 2, 2, 1]
     c.close()
 
 
@@ -530,3 +542,127 @@ def test_matches_a_pandas_oracle_on_a_synthetic_guru_loaded_by_the_store(tmp_pat
     expect = s["external_user_id"].fillna("(unattributed)").value_counts().sort_index()
     assert per_user.to_dict() == expect.to_dict()
     store.close()
+
+
+# --- issue 16: analytics that cannot mislead --------------------------------------------
+
+
+def _add_run(c: duckdb.DuckDBPyConnection, guru: str, ended: str, outcome: str = "ok") -> None:
+    c.execute(
+        "INSERT INTO sync_runs (guru, mode, started_at, ended_at, outcome) "
+        "VALUES (?, 'full', ?::TIMESTAMPTZ, ?::TIMESTAMPTZ, ?)",
+        [guru, ended, ended, outcome],
+    )
+
+
+def test_partial_buckets_are_marked_against_the_horizon() -> None:
+    """The newest bucket is complete only once it ended by the horizon: the end of the last
+    successful sync, else just after the newest event, or ``now`` where given."""
+    c = main_cache()
+    # No sync run (a load_frame-style cache): the horizon is just after the newest event,
+    # Apr 28 08:00Z, so Apr 28 (UTC day) and its week are partial; everything before is not.
+    day = frames.activity(c, "g")
+    assert day["complete"].tolist() == [True] * 21 + [False]
+    assert day.attrs["horizon"] == "2025-04-28T08:00:00.000001+00:00"
+    assert frames.lifecycle(c, "g")["complete"].tolist() == [True, True, True, False]
+    # A failed run does not count; a successful one ending mid-day keeps the day partial ...
+    _add_run(c, "g", "2025-04-29T00:00:00Z", outcome="error")
+    _add_run(c, "g", "2025-04-28T12:00:00Z")
+    assert frames.activity(c, "g")["complete"].iloc[-1] == False  # noqa: E712
+    # ... in Kolkata the local day of Apr 28 ended at 18:30Z: still partial at 12:00Z
+    kol = frames.activity(c, "g", tz="Asia/Kolkata")
+    assert not kol["complete"].iloc[-1] and kol["complete"].iloc[-2]
+    # ... and one ending after the day makes it complete (the week stays partial).
+    _add_run(c, "g", "2025-04-29T00:00:00Z")
+    assert frames.activity(c, "g")["complete"].all()
+    assert frames.activity(c, "g", "W")["complete"].tolist() == [True, True, True, False]
+    # now= overrides the store: the words and an instant
+    assert frames.activity(c, "g", now="latest")["complete"].iloc[-1] == False  # noqa: E712
+    assert frames.activity(c, "g", "W", now="2025-05-05")["complete"].all()
+    assert frames.activity(c, "g", "W", now="now")["complete"].all()
+    by_user = frames.activity(c, "g", by="user", now="latest")
+    assert not by_user.loc[by_user["bucket"] == by_user["bucket"].max(), "complete"].any()
+    # Retention: the unfinished period has no rate; with a later horizon it has one.
+    ret = frames.retention(c, "g", now="latest")
+    assert ret.loc[~ret["complete"], "rate"].isna().all()
+    assert frames.retention(c, "g", now="2025-05-05")["rate"].notna().all()
+    c.close()
+
+
+def test_now_words_mean_the_same_everywhere(con: duckdb.DuckDBPyConnection) -> None:
+    """``now`` is the current UTC instant (not the local clock read in ``tz``), ``today``
+    local midnight in ``tz``, ``latest`` just after the newest event."""
+    from guru_analytics.timestamps import utc_now
+
+    before = pd.Timestamp(utc_now())
+    df = frames.summary(con, "g", "7d", now="now", tz="Asia/Kolkata")
+    after = pd.Timestamp(utc_now())
+    assert before <= df["current_end"].iloc[0] <= after
+    assert str(df["current_end"].dt.tz) == "Asia/Kolkata"
+    default = frames.summary(con, "g", "7d", tz="Asia/Kolkata")
+    assert before <= default["current_end"].iloc[0]
+    today = frames.summary(con, "g", "7d", now="today", tz="Asia/Kolkata")["current_end"].iloc[0]
+    assert (today.hour, today.minute) == (0, 0) and today <= pd.Timestamp(utc_now())
+    assert pd.Timestamp(utc_now()) - today < pd.Timedelta(days=1)
+    latest = frames.summary(con, "g", "7d", now=" LATEST ")
+    assert latest["current_end"].iloc[0] == ts("2025-04-28T08:00:00.000001Z")
+    # The parser itself, with an injected clock (the one the frames use by default)
+    clock = lambda: pd.Timestamp("2025-03-30T20:00Z").to_pydatetime()  # noqa: E731
+    assert frames.parse_now("now", "Asia/Kolkata", clock=clock) == ts("2025-03-30T20:00Z")
+    # 20:00Z is already Mar 31 01:30 in Kolkata: today began at Mar 30 18:30Z
+    assert frames.parse_now("today", "Asia/Kolkata", clock=clock) == ts("2025-03-30T18:30Z")
+    # Berlin's DST day: midnight was still CET
+    assert frames.parse_now("today", "Europe/Berlin", clock=clock) == ts("2025-03-29T23:00Z")
+    assert frames.parse_now("latest", "UTC", lambda: None) is None
+    # start/end accept now/today too (same meaning); latest is only for now=
+    assert frames.to_instant("now", "Asia/Kolkata") >= before
+    with pytest.raises(ConfigError, match="only understood for now"):
+        frames.to_instant("latest", "UTC", "start")
+
+
+def test_message_reports_bucket_over_the_event_range() -> None:
+    """Observations before the first message: votes/sources still start at the first
+    EVENT, so their buckets line up with activity's."""
+    from analytics_fixtures import add_sessions
+
+    c = make_con()
+    add_sessions(c, "n", [
+        {"id": "o1", "users": ["ann"], "obs": ["2025-05-01T10:00:00Z"]},
+        {"id": "o2", "users": ["ann"], "obs": ["2025-05-04T10:00:00Z"],
+         "messages": [{"ts": "2025-05-03T09:00:00Z", "source": "USER", "trust": 50}]},
+        {"id": "o3", "obs": ["2025-05-06T10:00:00Z"]},
+    ])  # fmt: skip
+    days = frames.activity(c, "n")["bucket"].tolist()
+    assert len(days) == 6  # May 1 .. May 6
+    assert frames.votes(c, "n")["bucket"].tolist() == days
+    src = frames.sources(c, "n")
+    assert src["bucket"].tolist() == days and src["messages"].tolist() == [0, 0, 1, 0, 0, 0]
+    c.close()
+
+
+def test_top_n_one_tie_break_and_unattributed_apart(con: duckdb.DuckDBPyConnection) -> None:
+    df = frames.activity(con, "g", "W", by="user")
+    wide = frames.top_n(df, "active_sessions", 2)
+    assert list(wide.columns) == ["alice", "bob", "other", "(unattributed)"]
+    # row order of the input never changes the choice
+    shuffled = frames.top_n(df.sample(frac=1, random_state=1), "active_sessions", 2)
+    pd.testing.assert_frame_equal(wide, shuffled)
+    assert list(frames.top_n(df, "active_sessions", 10).columns) == [
+        "alice", "bob", "carol", "erin", "(unattributed)",
+    ]  # fmt: skip
+    with pytest.raises(ConfigError, match="whole number"):
+        frames.top_n(df, "active_sessions", 0)
+
+
+def test_bucket_end_and_complete_until_are_dst_safe() -> None:
+    berlin = ts("2025-03-30", "Europe/Berlin")
+    assert frames.bucket_end(berlin, "D") - berlin == pd.Timedelta(hours=23)
+    assert frames.bucket_end(ts("2025-10-26", "Europe/Berlin"), "day") == ts(
+        "2025-10-27", "Europe/Berlin"
+    )
+    assert frames.bucket_end(ts("2025-02-01", "UTC"), "M") == ts("2025-03-01", "UTC")
+    at = "2025-10-26T01:30:00Z"  # Berlin's second 02:30 (CET)
+    assert frames.complete_until(at, "H", "Europe/Berlin") == ts("2025-10-26T01:00Z")
+    assert frames.complete_until(at, "D", "Europe/Berlin") == ts("2025-10-25T22:00Z")
+    assert frames.complete_until(at, "W", "Europe/Berlin") == ts("2025-10-19T22:00Z")
+    assert frames.complete_until(at, "M", "Asia/Kolkata") == ts("2025-09-30T18:30Z")

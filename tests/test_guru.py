@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
@@ -116,7 +117,9 @@ def test_plots_return_axes_drawn_from_the_cache(synced: tuple[Guru, int]) -> Non
     heights = [p.get_height() for p in ax.patches]
     assert sum(heights) == N_SESSIONS
     ax = g.plot_users(top=3)
-    assert len(ax.patches) == 3
+    # issue 16: three people, plus (unattributed) as its own bar when there is any
+    anon = int((g.users()["user"] == "(unattributed)").any())
+    assert len(ax.patches) == 3 + anon
     assert [t.get_text() for t in ax.get_yticklabels()][0] == g.users()["user"].iloc[0]
     assert isinstance(g.plot_heatmap(metric="active_sessions"), Axes)
     assert isinstance(g.plot_lifecycle(), Axes)
@@ -249,8 +252,41 @@ def test_local_close_stops_the_server_and_removes_the_temporary_cache() -> None:
     db = g.db
     srv: LocalGurubase | None = g.server
     assert db.is_file() and srv is not None
-    address = srv.address
+    url = urlsplit(srv.base_url)
+    address = (url.hostname, url.port)
     g.close()
     assert not db.exists() and not db.parent.exists()
     with pytest.raises(OSError):
         socket.create_connection(address, timeout=2).close()
+
+
+def test_now_words_and_the_sync_horizon_agree_across_guru_export_and_cli(
+    synced: tuple[Guru, int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """issue 16: one reading of now/today/latest for Guru, export and the CLI; a real sync
+    is the horizon of 'complete'."""
+    from guru_analytics import cli
+
+    g, _ = synced
+    latest = g.summary("7d", now="latest")
+    end = pd.Timestamp(g.status().last_event) + pd.Timedelta(microseconds=1)
+    assert latest["current_end"].iloc[0] == end
+    out = tmp_path / "summary.csv"
+    exported = g.export("summary", out, period="7d", now="latest")  # was rejected before
+    pd.testing.assert_frame_equal(exported, latest)
+    assert cli.main(["report", "summary", g.slug, "--db", str(g.db), "--period", "7d",
+                     "--now", "latest", "-o", str(tmp_path / "cli.csv")]) == 0  # fmt: skip
+    back = pd.read_csv(tmp_path / "cli.csv")
+    want = latest["current"].astype("float64").fillna(-1).tolist()
+    assert back["current"].fillna(-1).tolist() == want
+    # Every catalogue entry by name, the same frame as the shortcut
+    pd.testing.assert_frame_equal(g.report("lifecycle", freq="week"), g.lifecycle("week"))
+    assert isinstance(g.plot("users", top=3), Axes)
+    with pytest.raises(ConfigError, match="unknown report"):
+        g.report("nope")
+    # The sync ran after the synthetic data ended: every bucket is complete ...
+    assert g.activity("day")["complete"].all()
+    # ... unless the horizon is the newest event: then the last day is partial.
+    last = g.activity("day", now="latest")
+    assert not last["complete"].iloc[-1] and last["complete"].iloc[:-1].all()
+    capsys.readouterr()

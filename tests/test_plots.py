@@ -54,15 +54,20 @@ def test_activity_bars_one_per_bucket(con: duckdb.DuckDBPyConnection) -> None:
 def test_activity_stacked_top_users_plus_other(con: duckdb.DuckDBPyConnection) -> None:
     df = frames.activity(con, "g", "W", by="user")
     ax = plots.plot_activity(df, "active_sessions", top=2)
-    # totals: alice 5, then a four-way tie at 2 broken by name: (unattributed); the rest
-    # (bob, carol, erin) is "other". 3 stacks x 4 weeks.
-    assert len(ax.patches) == 3 * 4
+    # issue 16: only people take top places. Totals: alice 5, then a three-way tie at 2
+    # broken by name: bob; carol + erin are "other"; (unattributed) (2) is its own last
+    # series, never a top user. 4 stacks x 4 weeks; the last week is partial (hatched).
+    assert len(ax.patches) == 4 * 4
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels == ["alice", "(unattributed)", "other"]
+    assert labels[:4] == ["alice", "bob", "other", "(unattributed)"]
+    assert labels[4].startswith("partial bucket")
     assert "top 2 + other" in ax.get_title() and "per week" in ax.get_title()
-    heights = np.array(bar_heights(ax)).reshape(3, 4)
+    heights = np.array(bar_heights(ax)).reshape(4, 4)
     assert heights.sum(axis=0).tolist() == [7.0, 2.0, 3.0, 1.0]  # per-user sums per week
-    assert heights[2].tolist() == [2.0, 1.0, 2.0, 1.0]  # bob + carol + erin
+    assert heights[2].tolist() == [1.0, 1.0, 2.0, 0.0]  # carol + erin
+    assert heights[3].tolist() == [2.0, 0.0, 0.0, 0.0]  # (unattributed)
+    hatched = [p.get_hatch() is not None for p in ax.patches]
+    assert hatched == [False, False, False, True] * 4  # only the partial week of Apr 28
 
 
 def test_activity_lines_one_per_series(con: duckdb.DuckDBPyConnection) -> None:
@@ -71,10 +76,10 @@ def test_activity_lines_one_per_series(con: duckdb.DuckDBPyConnection) -> None:
     assert len(ax.lines) == 5 and len(ax.patches) == 0
     assert [ln.get_label() for ln in ax.lines] == [
         "alice",
-        "(unattributed)",
         "bob",
         "carol",
         "erin",
+        "(unattributed)",
     ]
     assert len(ax.lines[0].get_xdata()) == 22
     with pytest.raises(ConfigError, match="kind"):
@@ -100,12 +105,18 @@ def test_year_of_daily_buckets_has_few_non_overlapping_ticks(
 def test_users_horizontal_bars(con: duckdb.DuckDBPyConnection) -> None:
     df = frames.users(con, "g")
     ax = plots.plot_users(df, top=3)
-    assert len(ax.patches) == 3
+    # issue 16: the top 3 are people (carol wins the tie with erin by name);
+    # (unattributed) is a separate grey bar at the bottom, not the second user.
+    assert len(ax.patches) == 4
     labels = {
         t.get_text(): pos for t, pos in zip(ax.get_yticklabels(), ax.get_yticks(), strict=True)
     }
-    assert sorted(labels, key=labels.get, reverse=True) == ["alice", "(unattributed)", "bob"]
-    assert sorted(p.get_width() for p in ax.patches) == [2.0, 2.0, 3.0]
+    assert sorted(labels, key=labels.get, reverse=True) == [
+        "alice", "bob", "carol", "(unattributed)",
+    ]  # fmt: skip
+    assert sorted(p.get_width() for p in ax.patches) == [1.0, 2.0, 2.0, 3.0]
+    anon = [p for p in ax.patches if p.get_y() < 0.5]
+    assert len(anon) == 1 and anon[0].get_facecolor() != ax.patches[0].get_facecolor()
     assert ax.get_title() == "Top 3 users by sessions"
 
 
@@ -128,7 +139,9 @@ def test_lifecycle_stacks_with_dormant_below_zero(con: duckdb.DuckDBPyConnection
     assert heights[:3].sum(axis=0).tolist() == [3.0, 2.0, 3.0, 1.0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
         "new", "returning", "resurrected", "dormant",
+        "partial bucket (data until 2025-04-28 08:00)",
     ]  # fmt: skip
+    assert [p.get_hatch() is not None for p in ax.patches] == [False, False, False, True] * 4
     assert ax.get_title() == "User lifecycle per week (UTC)"
 
 
@@ -136,7 +149,10 @@ def test_retention_heatmap(con: duckdb.DuckDBPyConnection) -> None:
     ax = plots.plot_retention(frames.retention(con, "g"))
     data = ax.get_images()[0].get_array()
     assert data.shape == (2, 4) and bool(data.mask[1, 3])
-    assert [t.get_text() for t in ax.texts] == ["100%", "33%", "67%", "33%", "100%", "100%", "0%"]
+    # issue 16: the week of Apr 28 is partial: no rate, hatched, users so far in brackets
+    assert bool(data.mask[0, 3]) and bool(data.mask[1, 2])
+    assert [t.get_text() for t in ax.texts] == ["100%", "33%", "67%", "100%", "100%", "(1)", "(0)"]
+    assert "partial period" in ax.get_legend().get_texts()[0].get_text()
     assert [t.get_text() for t in ax.get_yticklabels()] == ["2025-04-07", "2025-04-14"]
     assert ax.get_title() == "Retention rate by weekly cohort (UTC)"
 
@@ -171,6 +187,32 @@ def test_save_png_and_svg(con: duckdb.DuckDBPyConnection, tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"\.png or \.svg"):
         plots.save(ax, tmp_path / "a.jpg")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "a.svg"]
+
+
+def test_charts_and_csvs_share_one_atomic_write_and_file_mode(
+    con: duckdb.DuckDBPyConnection, tmp_path
+) -> None:
+    """issue 11: PNGs were written 0600 (mkstemp's mode) while CSVs got the umask's mode."""
+    from guru_analytics import reports
+
+    png = plots.save(plots.chart(con, "activity", "g"), tmp_path / "a.png")
+    csv = tmp_path / "a.csv"
+    reports.export(con, "activity", csv, "g")
+    assert png.stat().st_mode & 0o777 == csv.stat().st_mode & 0o777
+    # a failed draw leaves nothing behind, not even the temporary file
+    with pytest.raises(ValueError), reports.atomic_write(tmp_path / "b.png") as tmp:
+        tmp.write_bytes(b"half")
+        raise ValueError("boom")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "a.png"]
+
+
+def test_chart_rejects_options_its_frame_does_not_take(con: duckdb.DuckDBPyConnection) -> None:
+    with pytest.raises(ConfigError, match="by does not apply to the binge_length chart"):
+        plots.chart(con, "binge_length", "m", by="user")
+    with pytest.raises(ConfigError, match="freq does not apply to the users chart"):
+        plots.chart(con, "users", "g", freq="W")
+    with pytest.raises(ConfigError, match="not defined per user"):
+        plots.chart(con, "activity", "g", by="user", metric="active_users")
 
 
 def test_empty_frame_and_wrong_frame(con: duckdb.DuckDBPyConnection) -> None:

@@ -61,7 +61,8 @@ def test_csv_round_trip_keeps_values_and_offsets(con: duckdb.DuckDBPyConnection,
     )  # fmt: skip
     text = out.read_text(encoding="utf-8")
     assert (
-        text.splitlines()[0] == "bucket,active_sessions,new_sessions,events,active_users,messages"
+        text.splitlines()[0]
+        == "bucket,active_sessions,new_sessions,events,active_users,messages,complete"
     )
     # the two 02:00 hours keep their own offsets
     assert [line.split(",")[0] for line in text.splitlines()[1:]] == [

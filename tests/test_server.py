@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import pandas as pd
 import pytest
@@ -22,7 +23,7 @@ import requests
 
 from guru_analytics import synthetic
 from guru_analytics.errors import ConfigError, NotFoundError
-from guru_analytics.server import DriftConfig, FaultConfig, LocalGurubase
+from guru_analytics.server import DriftConfig, FaultConfig, LocalGurubase, Request
 from guru_analytics.timestamps import parse_api_timestamp
 
 END = datetime(2025, 11, 1, tzinfo=UTC)
@@ -891,7 +892,8 @@ def test_same_seed_same_answers(servers: list[LocalGurubase], http: requests.Ses
 
 
 def test_server_survives_garbage(static: LocalGurubase, http: requests.Session) -> None:
-    host, port = static.address
+    url = urlsplit(static.base_url)
+    host, port = url.hostname, url.port
     junk = [
         b"HELLO\r\n\r\n",
         b"\x00\xff\x16\x03\x01garbage",
@@ -1098,3 +1100,66 @@ def test_cli_serve_port_in_use_is_a_config_error(capsys: pytest.CaptureFixture[s
     assert code == 2
     err = capsys.readouterr().err
     assert f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err
+
+
+# --- the pure handler: handle(request) -> response, no socket ----------------------------------
+
+
+def test_handle_answers_without_a_socket() -> None:
+    clock = FakeClock(END + timedelta(hours=1))
+    srv = LocalGurubase.demo(100, 5, 10, end=END, clock=clock, rate_limit=None, api_key=KEY)
+    lst = "/api/v1/demo-guru/sessions/"
+    r = srv.handle(Request.post(lst, {"page_num": 1}, key=KEY))
+    assert r.status == 200 and len(sessions_of(r.json())) == 30 and r.json()["has_more"]
+    sid = sessions_of(r.json())[0]["id"]
+    r = srv.handle(Request.post(f"/api/v1/sessions/{sid}/conversation/", key=KEY))
+    assert r.status == 200 and r.json()["conversation"] == srv.conversation(sid)
+    r = srv.handle(Request("GET", "/favicon.ico"))
+    assert r.status == 404 and r.content_type.startswith("text/html")
+    assert srv.handle(Request.post(lst, {"page_num": 1})).json() == {"msg": "API key is required"}
+    r = srv.handle(Request("GET", lst, {"x-api-key": KEY}))
+    assert r.status == 405 and r.header("allow") == "POST, OPTIONS"
+    r = srv.handle(Request.post(lst, {"page_num": "x"}, key=KEY))
+    assert (r.status, r.json()) == (400, {"msg": "Page number must be an integer"})
+    export = "/api/v1/demo-guru/analytics/export/"
+    r = srv.handle(Request.post(export, {"export_type": "json", "interval": "7d"}, key=KEY))
+    assert r.status == 200 and r.header("content-disposition").startswith("attachment;")
+    r = srv.handle(Request.post(export, {"export_type": "docx"}, key=KEY))
+    assert (r.status, r.json()) == (500, {"msg": "Internal server error"})
+    assert [e.status for e in srv.log] == [200, 200, 404, 401, 405, 400, 200, 500]
+    assert KEY not in repr(srv.log) and srv.internal_errors == []
+
+
+def test_handle_applies_faults_limits_and_survives_hook_errors() -> None:
+    mono = FakeMonotonic()
+    srv = LocalGurubase.demo(
+        20, 2, 5, end=END, clock=FakeClock(END), rate_limit=1, monotonic=mono, api_key=KEY
+    )
+    lst = "/api/v1/demo-guru/sessions/"
+    assert srv.handle(Request.post(lst, {}, key=KEY)).status == 200
+    r = srv.handle(Request.post(lst, {}, key=KEY))
+    assert r.status == 429 and r.header("Retry-After") == "60"
+    mono.t += 60
+    srv.faults = FaultConfig(drop_rate=1.0)
+    assert srv.handle(Request.post(lst, {}, key=KEY)).drop
+    srv.faults = FaultConfig()
+
+    def boom(_srv: LocalGurubase) -> None:
+        raise RuntimeError("scripted failure")
+
+    srv.on_request(srv.requests_received + 1, boom)
+    r = srv.handle(Request.post(lst, {}, key=KEY))
+    assert r.status == 500 and len(srv.internal_errors) == 1
+    assert [e.status for e in srv.log] == [200, 429, None, 500]
+
+
+def test_the_server_never_imports_the_clients_paging_code() -> None:
+    """A paging bug must not hide on both sides: the server is written independently."""
+    code = (
+        "import sys, guru_analytics.server\n"
+        "bad = [m for m in ('client', 'paging', 'sync', 'wire', 'store')"
+        " if 'guru_analytics.' + m in sys.modules]\n"
+        "print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -10,7 +10,7 @@ import pytest
 
 from guru_analytics import synthetic
 from guru_analytics.errors import ConfigError, NotFoundError
-from guru_analytics.timestamps import parse_api_timestamp
+from guru_analytics.timestamps import parse_api_timestamp, to_micros
 
 END = datetime(2025, 11, 1, tzinfo=UTC)
 
@@ -171,7 +171,6 @@ def test_messages_match_the_session_row(guru: synthetic.SyntheticGuru) -> None:
             assert m["id"].isdigit()
             assert parse_api_timestamp(m["date_updated"]) >= parse_api_timestamp(m["date_created"])
             assert all(set(ref) == {"link", "icon", "title"} for ref in m["references"])
-        assert synthetic.messages(guru, row["id"]) == msgs
         checked += 1
     assert checked > 50
 
@@ -242,3 +241,48 @@ def test_new_sessions_rows() -> None:
     assert rows["root_question_slug"].str.endswith(("-n3", "-n4", "-n5", "-n6", "-n7")).all()
     with pytest.raises(ConfigError):
         synthetic.new_sessions(2, seed=0, at=at)
+
+
+def test_question_events_are_the_conversations_messages() -> None:
+    g = synthetic.generate(300, 10, 30, seed=4, rootless_share=0.05)
+    events = synthetic.question_events(g.sessions)  # the seed comes from the frame's attrs
+    listed = g.sessions[g.sessions["has_root"]]
+    assert len(events) == int(listed["n_messages"].sum())
+    bulk = synthetic.message_events(g.sessions)
+    assert events["ts"].tolist() == bulk["ts"].tolist()
+    grouped = {sid: rows for sid, rows in events.groupby("session_id", sort=False)}
+    for sid in listed["id"].iloc[:80]:
+        rows = grouped[sid].sort_values("message_index")
+        msgs = g.messages(sid)
+        assert [parse_api_timestamp(m["date_created"]) for m in msgs] == [
+            t.to_pydatetime() for t in rows["ts"]
+        ]
+        for col in ("slug", "source", "trust_score", "question", "user_question"):
+            assert rows[col].tolist() == [m[col] for m in msgs], col
+        assert rows["n_references"].tolist() == [len(m["references"]) for m in msgs]
+
+
+def test_question_events_add_the_extra_follow_ups_after_the_generated_ones() -> None:
+    g = synthetic.generate(20, 3, 10, seed=8)
+    row = g.sessions.iloc[0]
+    later = row["last_used"].to_pydatetime() + timedelta(hours=2)
+    extra = {row["id"]: [to_micros(later)]}
+    events = synthetic.question_events(g.sessions, seed=8, extra_times=extra)
+    mine = events[events["session_id"] == row["id"]].sort_values("message_index")
+    msgs = synthetic.conversation(row.to_dict(), seed=8, extra_times=[later])
+    assert mine["slug"].tolist() == [m["slug"] for m in msgs]
+    assert mine["ts"].iloc[-1].to_pydatetime() == later
+
+
+def test_standalone_questions_are_deterministic_and_belong_to_no_session() -> None:
+    g = synthetic.generate(1000, 10, 60, seed=6)
+    a = synthetic.standalone_questions(g.sessions)
+    pd.testing.assert_frame_equal(a, synthetic.standalone_questions(g.sessions, seed=6))
+    assert not a.equals(synthetic.standalone_questions(g.sessions, seed=7))
+    kinds = a["kind"].value_counts()
+    assert 60 < kinds["question"] < 200 and 40 < kinds["unanswered"] < 140
+    asked = a[a["kind"] == "question"]
+    assert asked["slug"].is_unique
+    assert not set(asked["slug"]) & set(g.sessions["root_question_slug"])
+    assert a.loc[a["kind"] == "unanswered", "slug"].isna().all()
+    assert set(a["source"]) <= set(synthetic.SOURCES)

@@ -1,0 +1,245 @@
+"""Typed rows of the API's Export Analytics file and their JSON parser.
+
+The export lists every question of an interval in one request; this module turns its JSON
+into frozen rows, checked field by field, so a changed server fails loudly (a typed
+``UnexpectedResponseError`` naming the row) instead of feeding bad rows to the cache. It
+accepts both top-level key schemes: the docs' ``questions`` / ``out_of_context`` /
+``referenced_sources`` and the running code's ``questions`` / ``unable_to_answer`` /
+``references``. The row's only link to a session is the session id in its ``url``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from .errors import UnexpectedResponseError
+
+EXPORT_INTERVALS: tuple[str, ...] = ("today", "yesterday", "7d", "30d", "3m", "6m", "12m")
+"""The intervals Export Analytics accepts, shortest first (``12m`` = 365 days)."""
+
+EXPORT_FILTERS: dict[str, tuple[str, ...]] = {
+    "questions": ("all", "widget", "user", "api", "discord", "slack", "github"),
+    "out_of_context": ("all", "widget", "user", "api", "discord", "slack", "github"),
+    "referenced_sources": ("all", "github_repo", "website", "youtube", "pdf"),
+}
+"""Filter names and their values (``filters=`` of ``GurubaseClient.export_questions``)."""
+
+_SCHEMES = {
+    "code": ("questions", "unable_to_answer", "references"),
+    "docs": ("questions", "out_of_context", "referenced_sources"),
+}
+_QUESTION_FIELDS = ("datetime", "source", "question", "trust_score", "follow_up", "url")
+_UNANSWERED_FIELDS = ("datetime", "source", "question")
+_INCOMPATIBLE = "the server is not Gurubase-compatible or changed its API"
+
+
+@dataclass(frozen=True)
+class ExportedQuestion:
+    """One answered question of the export.
+
+    ``asked_at`` is tz-aware UTC at minute resolution (the file has no seconds);
+    ``trust_score`` is 0-1 (Get Session's integer / 100); ``session_id`` and
+    ``question_slug`` come from ``url``: a question in a session links
+    ``.../binge/{session_id}?question_slug={slug}``; any other (a web/widget/API session's
+    first question, a question outside any session) has ``session_id`` None and its page's
+    slug as ``question_slug``.
+    """
+
+    asked_at: datetime
+    source: str
+    question: str
+    trust_score: float | None
+    follow_up: bool
+    url: str
+    session_id: str | None
+    question_slug: str | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UnansweredQuestion:
+    """A question the guru could not answer (no link to any session)."""
+
+    asked_at: datetime
+    source: str
+    question: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QuestionExport:
+    """One Export Analytics answer. ``scheme`` is ``"code"``, ``"docs"`` or ``"empty"`` (the
+    server said the interval holds nothing); ``references`` are kept as the server sent them."""
+
+    guru: str
+    interval: str
+    questions: list[ExportedQuestion]
+    unanswered: list[UnansweredQuestion]
+    references: list[dict[str, Any]]
+    scheme: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, guru: str, interval: str) -> QuestionExport:
+        return cls(guru, interval, [], [], [], "empty")
+
+
+def parse_export(
+    data: Mapping[str, Any],
+    *,
+    guru: str,
+    interval: str,
+    label: str,
+    endpoint: str,
+    clean: Callable[[str, int], str] = lambda text, limit: text[:limit],
+) -> QuestionExport:
+    """Check and type an export file; raises ``UnexpectedResponseError`` naming the row.
+
+    ``clean`` shortens and masks text quoted in messages (the client passes its own).
+    """
+    reader = _Reader(label, endpoint, clean)
+    scheme = "docs" if "out_of_context" in data or "referenced_sources" in data else "code"
+    if scheme == "docs" and ("unable_to_answer" in data or "references" in data):
+        raise reader.error("(top level)", "mixes the docs and the code key schemes")
+    q_key, u_key, r_key = _SCHEMES[scheme]
+    raw_q = reader.list_of(data, q_key)
+    raw_u = reader.list_of(data, u_key) if u_key in data else []
+    raw_r = reader.list_of(data, r_key) if r_key in data else []
+    questions = [reader.question(item, f"{q_key}[{i}]") for i, item in enumerate(raw_q)]
+    unanswered = [reader.unanswered(item, f"{u_key}[{i}]") for i, item in enumerate(raw_u)]
+    references = []
+    for i, item in enumerate(raw_r):
+        if not isinstance(item, dict):
+            raise reader.error(f"{r_key}[{i}]", f"is {json_type(item)}, expected object")
+        references.append(dict(item))
+    extra = {k: v for k, v in data.items() if k not in _SCHEMES[scheme]}
+    return QuestionExport(guru, interval, questions, unanswered, references, scheme, extra)
+
+
+def link_of(url: str) -> tuple[str | None, str | None]:
+    """(session id, question slug) of a question's page URL (see ``ExportedQuestion``)."""
+    parts = urlsplit(url)
+    segments = [unquote(s) for s in parts.path.split("/") if s]
+    if "binge" in segments:
+        i = segments.index("binge")
+        session = segments[i + 1] if i + 1 < len(segments) and segments[i + 1] else None
+        slugs = parse_qs(parts.query).get("question_slug")
+        return session, (slugs[0] if slugs else None)
+    if len(segments) >= 3 and segments[0] == "g":
+        return None, segments[-1]
+    return None, None
+
+
+class _Reader:
+    """Field checks with messages that name the row: ``questions[3].trust_score``."""
+
+    def __init__(self, label: str, endpoint: str, clean: Callable[[str, int], str]) -> None:
+        self.label = label
+        self.endpoint = endpoint
+        self.clean = clean
+
+    def error(self, where: str, problem: str) -> UnexpectedResponseError:
+        return UnexpectedResponseError(
+            f"{self.label}: field '{where}' {problem}; {_INCOMPATIBLE}",
+            status=200,
+            endpoint=self.endpoint,
+        )
+
+    def list_of(self, data: Mapping[str, Any], key: str) -> list[Any]:
+        if key not in data:
+            raise self.error(key, "missing")
+        value = data[key]
+        if not isinstance(value, list):
+            raise self.error(key, f"is {json_type(value)}, expected a list")
+        return value
+
+    def _object(self, item: Any, where: str) -> Mapping[str, Any]:
+        if not isinstance(item, dict):
+            raise self.error(where, f"is {json_type(item)}, expected object")
+        return item
+
+    def _text(self, item: Mapping[str, Any], name: str, where: str) -> str:
+        if name not in item:
+            raise self.error(f"{where}.{name}", "missing")
+        value = item[name]
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise self.error(f"{where}.{name}", f"is {json_type(value)}, expected a string")
+        return value
+
+    def _minute(self, item: Mapping[str, Any], where: str) -> datetime:
+        raw = self._text(item, "datetime", where)
+        for fmt in ("%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S"):
+            try:
+                return datetime.strptime(raw, fmt).replace(tzinfo=UTC)
+            except ValueError:
+                continue
+        try:
+            parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise self.error(
+                f"{where}.datetime",
+                f"is not a 'YYYY-MM-DD HH:MM' UTC time ({self.clean(raw, 40)!r})",
+            ) from None
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+    def question(self, item: Any, where: str) -> ExportedQuestion:
+        obj = self._object(item, where)
+        score = obj.get("trust_score")
+        if score is not None:
+            if isinstance(score, bool) or not isinstance(score, int | float):
+                raise self.error(
+                    f"{where}.trust_score", f"is {json_type(score)}, expected a number"
+                )
+            if not 0.0 <= score <= 1.0:
+                raise self.error(f"{where}.trust_score", f"is {score!r}, expected 0 to 1")
+            score = float(score)
+        if "follow_up" not in obj:
+            raise self.error(f"{where}.follow_up", "missing")
+        follow = obj["follow_up"]
+        if not isinstance(follow, bool):
+            raise self.error(f"{where}.follow_up", f"is {json_type(follow)}, expected a boolean")
+        url = self._text(obj, "url", where)
+        session_id, slug = link_of(url)
+        return ExportedQuestion(
+            asked_at=self._minute(obj, where),
+            source=self._text(obj, "source", where),
+            question=self._text(obj, "question", where),
+            trust_score=score,
+            follow_up=follow,
+            url=url,
+            session_id=session_id,
+            question_slug=slug,
+            extra={k: v for k, v in obj.items() if k not in _QUESTION_FIELDS},
+        )
+
+    def unanswered(self, item: Any, where: str) -> UnansweredQuestion:
+        obj = self._object(item, where)
+        return UnansweredQuestion(
+            asked_at=self._minute(obj, where),
+            source=self._text(obj, "source", where),
+            question=self._text(obj, "question", where),
+            extra={k: v for k, v in obj.items() if k not in _UNANSWERED_FIELDS},
+        )
+
+
+def json_type(value: object) -> str:
+    """The JSON name of a decoded value's type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
