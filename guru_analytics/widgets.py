@@ -184,6 +184,11 @@ class DashboardParams:
             raise ConfigError(f"split {self.split!r} is not valid: use 'none' or 'top'")
         if self.top_n < 1:
             raise ConfigError(f"top N {self.top_n!r} is not valid: use 1 or more")
+        if self.split == "top" and self.metric == "active_users":
+            raise ConfigError(
+                "active users cannot be split per user (each user is 1 or 0): "
+                "split active or new sessions instead"
+            )
         if self.start is not None and self.end is not None and self.end < self.start:
             raise ConfigError(
                 f"date range {self.start} .. {self.end} is empty: pick an end on or after the start"
@@ -266,6 +271,8 @@ class DashboardControls:
         self._syncing_options = False
         self._callbacks: list[Callable[[dict[str, Any]], object]] = []
         self.user_select.observe(self._on_select, names="value")
+        # Active users per user is only 1 or 0: that metric turns the split off (and back on).
+        self.metric.observe(self._on_metric, names="value")
         self.user_filter.observe(lambda _c: self._refilter(), names="value")
         self.set_users(users)
         self.widget = widgets.VBox(
@@ -334,6 +341,13 @@ class DashboardControls:
         finally:
             self._syncing_options = False
 
+    def _on_metric(self, change: dict[str, Any]) -> None:
+        per_user = change["new"] != "active_users"
+        if not per_user:
+            self.split.value = "none"
+        self.split.disabled = not per_user
+        self.top_n.disabled = not per_user
+
     def _on_select(self, change: dict[str, Any]) -> None:
         if self._syncing_options:
             return
@@ -360,9 +374,6 @@ class DashboardControls:
 
 # --- rendering (pure: parameters in, tables and figures out) ----------------------------------
 
-SERIES_OTHER = "other"
-
-
 @dataclass
 class Rendered:
     """One render of the dashboard: the tables shown and the figures drawn from them.
@@ -384,22 +395,11 @@ class Rendered:
 
 
 def top_series(df: pd.DataFrame, metric: str, n: int) -> pd.DataFrame:
-    """Wide bucket x user table of the ``n`` users with the largest ``metric`` total and the
-    rest summed as ``other`` (same choice and order as ``plots.plot_activity``)."""
-    totals = (
-        df.groupby("user", sort=False)[metric].sum().sort_values(ascending=False, kind="stable")
-    )
-    keep = list(totals.index[:n])
-    labels = df["user"].where(df["user"].isin(keep), SERIES_OTHER)
-    wide = (
-        df.assign(series=labels)
-        .pivot_table(index="bucket", columns="series", values=metric, aggfunc="sum", fill_value=0)
-        .sort_index()
-    )
-    order = keep + (
-        [SERIES_OTHER] if SERIES_OTHER in wide.columns and SERIES_OTHER not in keep else []
-    )
-    wide = wide[order].astype("int64")
+    """The activity table of a split view: ``frames.top_n`` (the one top-N-plus-other rule,
+    shared with ``plots``) with ``bucket`` as a column, as the chart and the CSV show it."""
+    from .frames import top_n
+
+    wide = top_n(df, metric, n, "user").astype("int64")
     wide.columns.name = None
     return wide.reset_index()
 
@@ -519,6 +519,8 @@ def card_period(
     has ended in ``params.tz`` at ``now``; a range that has no complete day yet is taken as
     it stands (the cards then cover an unfinished day).
     """
+    from .frames import bucket_end, complete_until
+
     lo = (
         params.start_ts
         if params.start_ts is not None
@@ -527,25 +529,13 @@ def card_period(
     hi = (
         params.end_ts
         if params.end_ts is not None
-        else _bucket_end(buckets.max(), params.freq).tz_convert("UTC")
+        else bucket_end(buckets.max(), params.freq).tz_convert("UTC")
     )
-    clock = pd.Timestamp(now if now is not None else utc_now())
-    today = _local_midnight(clock.tz_convert(params.tz).date(), params.tz)
+    today = complete_until(now if now is not None else utc_now(), "day", params.tz)
     if lo < today < hi:
         hi = today
     lo = max(lo, hi - pd.Timedelta(days=CARD_DAYS))
     return lo, hi
-
-
-def _bucket_end(bucket: pd.Timestamp, freq: str) -> pd.Timestamp:
-    """End of the local bucket starting at ``bucket`` (calendar steps, DST-safe)."""
-    step = {
-        "hour": pd.Timedelta(hours=1),
-        "day": pd.DateOffset(days=1),
-        "week": pd.DateOffset(days=7),
-        "month": pd.DateOffset(months=1),
-    }[freq]
-    return bucket + step
 
 
 def _activity_title(params: DashboardParams, n_buckets: int = 0) -> str:

@@ -252,6 +252,8 @@ def test_served_dashboard_in_chromium(served: Served) -> None:
                     .select_option(label="Week")),
                 ("Metric: Active users", lambda: control(page, "Metric", "widget-dropdown",
                     "select").select_option(label="Active users")),
+                ("Metric: New sessions", lambda: control(page, "Metric", "widget-dropdown",
+                    "select").select_option(label="New sessions")),
                 ("Split: Top N users", lambda: page.locator(
                     "button.widget-toggle-button:has-text('Top N users')").click()),
                 ("Top N: 2", lambda: _type(control(page, "Top N", "widget-inline-hbox",
@@ -274,7 +276,12 @@ def test_served_dashboard_in_chromium(served: Served) -> None:
                 old = chart_src(page)
                 t = time.perf_counter()
                 act()
-                wait_redrawn(page, old)
+                try:
+                    wait_redrawn(page, old)
+                except playwright_api.TimeoutError:
+                    page.screenshot(path=str(ARTIFACTS / "failed.png"))
+                    text = page.locator(".guru-dashboard").inner_text()[:1500]
+                    pytest.fail(f"no new chart after {label!r}; the page says:\n{text}")
                 timings[label] = time.perf_counter() - t
                 h = chart_hash(page)
                 assert h not in hashes, f"the chart did not change after {label}"
@@ -283,7 +290,7 @@ def test_served_dashboard_in_chromium(served: Served) -> None:
 
             # A second export follows the controls (split, zone, bucket).
             name, csv = download_csv(page)
-            assert "-per-day-top2-" in name
+            assert "-new_sessions-per-day-top2-" in name
             assert list(csv.columns) == ["bucket", picked]  # one user picked: no "other"
             assert csv["bucket"].str.endswith("+09:00").all()
             assert button_boxes(page) == boxes

@@ -137,6 +137,7 @@ def test_params_convert_local_days_to_utc_instants_across_dst() -> None:
         {"top_n": 0},
         {"tz": "Mars/Olympus"},
         {"start": date(2025, 2, 1), "end": date(2025, 1, 1)},
+        {"metric": "active_users", "split": "top"},
     ],
 )
 def test_params_reject_bad_values(kwargs: dict[str, object]) -> None:
@@ -336,15 +337,31 @@ def test_split_control_draws_top_users_plus_other(guru: Guru, dash: Dashboard) -
     dash.flush()
     by_user = expected(guru, by="user", start=p.start_ts, end=p.end_ts)
     totals = by_user.groupby("user")["active_sessions"].sum().sort_values(ascending=False)
+    # frames.top_n's rule (shared with plots since the frames work): "(unattributed)" is
+    # not a person, so it never takes a top place and stays its own last series.
+    people = totals.drop("(unattributed)")
+    series = [*people.index[:3], "other", "(unattributed)"]
     table = dash.last.table
-    assert list(table.columns) == ["bucket", *totals.index[:3], "other"]
-    assert int(table["other"].sum()) == int(totals.iloc[3:].sum())
+    assert list(table.columns) == ["bucket", *series]
+    assert int(table["other"].sum()) == int(people.iloc[3:].sum())
     ax = dash.last.figures["activity"].axes[0]
-    assert ax.get_legend_handles_labels()[1] == [*totals.index[:3], "other"]
+    assert ax.get_legend_handles_labels()[1] == series
     # The stacked bars are the table, series by series.
     np.testing.assert_array_equal(
         bar_heights(dash), table.drop(columns="bucket").T.to_numpy().ravel()
     )
+
+
+def test_active_users_turns_the_split_off(dash: Dashboard) -> None:
+    """Active users per user is only 1 or 0 (frames do not define it): no split for it."""
+    c = dash.controls
+    c.split.value = "top"
+    c.metric.value = "active_users"
+    assert c.split.value == "none" and c.split.disabled and c.top_n.disabled
+    dash.flush()
+    assert dash.last_error is None and dash.last.params.metric == "active_users"
+    c.metric.value = "new_sessions"
+    assert not c.split.disabled and not c.top_n.disabled
 
 
 def test_user_selection_filters_every_view(guru: Guru, dash: Dashboard) -> None:
