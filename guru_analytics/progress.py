@@ -79,13 +79,14 @@ def describe(progress: SyncProgress) -> str:
     if progress.phase == "wait":
         parts.append(f"waiting {progress.wait_seconds:.0f} s")
     if progress.eta_seconds is not None and progress.phase != "done":
-        parts.append(f"ETA {_duration(progress.eta_seconds)}")
+        parts.append(f"ETA {duration_text(progress.eta_seconds)}")
     elif progress.total_requests is None and progress.phase != "done":
         parts.append("total unknown (first sync)")
     return ", ".join(parts)
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """``45 s``, ``12 min 05 s``, ``1 h 40 min``: how every bar writes an ETA."""
     seconds = int(round(seconds))
     if seconds < 60:
         return f"{seconds} s"
