@@ -636,7 +636,7 @@ def test_progress_bar_never_moves_backwards_across_listings() -> None:
     assert view.bar.layout.display is None  # shown
     text = view.label.value
     assert "reading user:b" in text and "88%" in text and "100 of ~300 sessions" in text
-    assert "10 of ~20 requests" in text and "6.0 s/request" in text and "about 60 s left" in text
+    assert "10 of ~20 requests" in text and "6.0 s/request" in text and "about 1 min 00 s left" in text
 
 
 def test_progress_with_an_unknown_total_shows_sessions_so_far() -> None:
@@ -663,7 +663,7 @@ def test_progress_wait_counts_down_and_eta_is_the_records() -> None:
                                 wait_seconds=left, fraction=10 / 600))  # fmt: skip
         texts.append(view.label.value)
     assert [re.search(r"rate limit: (\d+) s", t).group(1) for t in texts] == ["12", "12", "10", "9"]
-    assert "about 59 min left" in texts[-1] and "6.0 s/request" in texts[-1]
+    assert "about 59 min 09 s left" in texts[-1] and "6.0 s/request" in texts[-1]
     assert describe_progress(SyncProgress("listing", eta_seconds=6000), None, 0).endswith(
         "about 1 h 40 min left"
     )
