@@ -64,7 +64,7 @@ RELEASE_BEFORE_WAIT = 1.0
 # whatever its size, so one per page dominated an unthrottled sync (measured in
 # benchmarks/throughput.py; 50 pages = 1,500 sessions, a fraction of a second of work).
 BATCH_PAGES = 50
-BATCH_SECONDS = 0.5
+BATCH_SECONDS = 0.25
 # An unthrottled sync yields the cache file this often, so a reader gets in within seconds.
 YIELD_EVERY = 3.0
 # DuckDB settings of the sync's connection. One thread: a page batch is small, and every extra
@@ -393,7 +393,8 @@ class _Syncer:
 
     # --- one listing ---
 
-    def run_listing(self, plan: _Plan) -> None:
+    def run_listing(self, plan: _Plan) -> datetime | None:
+        """Read one listing (see the module docstring); returns its committed watermark."""
         listing, state = plan.listing, plan.state
         key = listing.key
         self.progress.start_listing(_listing_label(key))
@@ -446,15 +447,31 @@ class _Syncer:
                 "resumed an interrupted full pass: deletions are not marked this time "
                 "(run --full again to mark them)"
             )
+        committed = max(newest) if newest else None
         self.batch.add(
             key,
             None,
-            watermark=max(newest) if newest else None,
+            watermark=committed,
             completed_at=self.clock(),
             pass_mode=None,
             pass_started_at=None,
             pass_top=None,
             pass_next_page=None,
+        )
+        self.batch.flush()
+        self.progress.end_listing()
+        return committed
+
+    def skip_listing(self, plan: _Plan, feed_watermark: datetime | None) -> None:
+        """A user listing with nothing to attribute (see ``_users_to_skip``): no request; its
+        watermark moves up to the guru-wide one, which already covers its sessions."""
+        assert plan.state is not None
+        marks = [w for w in (plan.state.watermark, feed_watermark) if w is not None]
+        self.batch.add(
+            plan.listing.key,
+            None,
+            watermark=max(marks) if marks else None,
+            completed_at=self.clock(),
         )
         self.batch.flush()
         self.progress.end_listing()
@@ -485,8 +502,8 @@ class _Syncer:
             )
             state = {"pass_top": p.top, "pass_next_page": p.resume_page} if save else {}
             self.batch.add(listing.key, ListedPage(page.sessions, user), **state)
-            if self.batch.due():
-                self.batch.flush()
+            if self.batch.due() or (save and p.stats.requests == 1):
+                self.batch.flush()  # a pass's first page at once: its position is on disk
             self.summary.pages += 1
             self.progress.pages += 1
             self.progress.sessions += len(page.sessions)
@@ -819,11 +836,28 @@ def sync(
         else nullcontext()
     )
     error: str | None = None
+    skip: list[_Plan] = []  # user listings with nothing to attribute (after the guru-wide one)
+    feed: datetime | None = None  # the guru-wide watermark this run committed
     try:
         with store.capped(**SYNC_SETTINGS), observing:
             try:
+                skipped = 0
                 for plan in plans:
-                    syncer.run_listing(plan)
+                    if plan in skip:
+                        syncer.skip_listing(plan, feed)
+                        skipped += 1
+                        continue
+                    new_before = summary.sessions_new
+                    watermark = syncer.run_listing(plan)
+                    if plan.listing.guru_wide:
+                        feed = watermark
+                        if summary.sessions_new == new_before:
+                            skip = _users_to_skip(plan, plans)
+                if skipped:
+                    summary.notes.append(
+                        f"skipped {skipped} user listing(s) at no request: the guru-wide listing "
+                        "showed no new session, so there was nothing to attribute"
+                    )
             except BaseException:
                 batch.flush_after_error()
                 raise
@@ -858,6 +892,32 @@ def sync(
                 bar.close()
     reports.emit("done")
     return summary
+
+
+def _users_to_skip(feed: _Plan, plans: Sequence[_Plan]) -> list[_Plan]:
+    """User listings this run need not read: the guru-wide listing is the change feed.
+
+    A session's external user never changes, so a user listing only adds attribution to
+    sessions the cache has never seen. When an incremental guru-wide pass (not a resume: the
+    pages an interrupted pass wrote are no longer new) found no new session, an incremental
+    user listing that completed after the guru-wide one last did (so the run that found the
+    cache's newest sessions also read this user) has nothing to add: every session it could
+    show is cached and attributed. Anything else (``--full``, a user new to the cache, an
+    interrupted pass, a search) is read as before.
+    """
+    if feed.mode != "incremental" or feed.state is None or feed.state.completed_at is None:
+        return []
+    since = feed.state.completed_at
+    return [
+        p
+        for p in plans
+        if p.listing.external_user_id is not None
+        and not p.listing.search_query
+        and p.mode == "incremental"
+        and p.state is not None
+        and p.state.completed_at is not None
+        and p.state.completed_at >= since
+    ]
 
 
 def _plan(store: Store, guru: str, listing: Listing, full: bool) -> _Plan:
