@@ -637,6 +637,42 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS["demo"] = (_add_demo, _cmd_demo)
 
+# --- dashboard ------------------------------------------------------------------------
+# (section owned by the web dashboard work, issue 12)
+
+
+def _add_dashboard(sub: argparse._SubParsersAction, name: str) -> None:
+    p = sub.add_parser(
+        name,
+        help="serve the dashboard as a web page (needs: pip install 'guru-analytics[web]')",
+        description="Serve the interactive dashboard of a cached guru as a web page with Voila "
+        "on 127.0.0.1 and print its URL. Works on an existing cache without a key; with "
+        "GURUBASE_API_KEY set, its Sync now button brings the cache up to date. Ctrl-C stops it. "
+        "Needs Voila: pip install 'guru-analytics[web]'.",
+    )
+    p.add_argument("guru", metavar="GURU", help="the guru slug (from the guru's URL)")
+    p.add_argument(
+        "--db", default=None, help="cache file (default $GURU_ANALYTICS_DB or the user cache dir)"
+    )
+    p.add_argument("--port", type=_whole_non_negative, default=8866,
+                   help="port on 127.0.0.1 (default 8866; 0 = any free port)")  # fmt: skip
+    p.add_argument("--tz", default="UTC", help="IANA time zone the page starts in (default UTC)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from .store import default_cache_path
+    from .timestamps import check_tz
+    from .web import serve
+
+    db = args.db if args.db else str(default_cache_path())
+    return serve(
+        args.guru, db, port=args.port, tz=check_tz(args.tz), open_browser=not args.no_browser
+    )
+
+
+COMMANDS["dashboard"] = (_add_dashboard, _cmd_dashboard)
+
 
 
 

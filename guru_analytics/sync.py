@@ -35,7 +35,6 @@ import html
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -48,7 +47,7 @@ import pandas as pd
 
 from .errors import ConfigError, GuruAnalyticsError, NotFoundError
 from .paging import DEFAULT_TIE_REREAD_BUDGET, PageView, Pass, Row
-from .progress import Phase, ProgressCallback, SyncProgress, TqdmProgress
+from .progress import ProgressCallback, ProgressEstimator, TqdmProgress, bar_wanted
 from .store import LISTING_COLUMNS, MESSAGE_COLUMNS, ListedPage, SyncState
 from .timestamps import utc_now
 
@@ -65,7 +64,7 @@ RELEASE_BEFORE_WAIT = 1.0
 # whatever its size, so one per page dominated an unthrottled sync (measured in
 # benchmarks/throughput.py; 50 pages = 1,500 sessions, a fraction of a second of work).
 BATCH_PAGES = 50
-BATCH_SECONDS = 0.5
+BATCH_SECONDS = 0.25
 # An unthrottled sync yields the cache file this often, so a reader gets in within seconds.
 YIELD_EVERY = 3.0
 # DuckDB settings of the sync's connection. One thread: a page batch is small, and every extra
@@ -320,94 +319,6 @@ class _PageBatch:
 # --- progress -------------------------------------------------------------------------------
 
 
-class _Progress:
-    """Counts, pace and the run's estimated total, reported as ``SyncProgress``.
-
-    The total is known when the cache already holds the guru (incremental or ``--full``):
-    a full listing costs its cached size in pages plus a top-up, an incremental one at least
-    one request, messages one request per pending session. The fraction never goes back.
-    """
-
-    def __init__(
-        self,
-        client: GurubaseClient,
-        callbacks: Sequence[ProgressCallback],
-        monotonic: Callable[[], float],
-        base: tuple[int, int, int],
-    ) -> None:
-        self.client = client
-        self.callbacks = list(callbacks)
-        self.monotonic = monotonic
-        self.base = base
-        self.t0 = monotonic()
-        self.listing = ""
-        self.pages = 0
-        self.sessions = 0
-        self.total_sessions: int | None = None
-        self.plan: list[int] = []  # estimated requests of each listing not finished yet
-        self.current_start = 0  # requests when the current listing started
-        self.messages_planned = 0
-        self.known = False
-        self.fraction = 0.0
-
-    def requests(self) -> int:
-        return _counters(self.client)[0] - self.base[0]
-
-    def pace(self) -> float | None:
-        limiter = getattr(self.client, "limiter", None)
-        spr = getattr(limiter, "seconds_per_request", None)
-        if spr:
-            return float(spr)
-        done = self.requests()
-        return (self.monotonic() - self.t0) / done if done else None
-
-    def total(self) -> int | None:
-        if not self.known:
-            return None
-        done = self.requests()
-        remaining = sum(self.plan[1:]) + self.messages_planned
-        if self.plan:
-            remaining += max(1, self.plan[0] - (done - self.current_start))
-        return done + remaining
-
-    def emit(self, phase: Phase, wait: float = 0.0) -> None:
-        if not self.callbacks:
-            return
-        done = self.requests()
-        total = self.total() if phase != "done" else done
-        pace = self.pace()
-        if total is not None and total > 0:
-            self.fraction = max(self.fraction, min(1.0, done / total))
-        if phase == "done":
-            self.fraction = 1.0
-        eta = None
-        if total is not None and pace is not None:
-            eta = max(0.0, (total - done) * pace) + wait
-        report = SyncProgress(
-            phase=phase,
-            listing=self.listing if phase in ("listing", "wait") else "",
-            requests=done,
-            pages=self.pages,
-            sessions=self.sessions,
-            total_requests=total,
-            total_sessions=self.total_sessions,
-            seconds_per_request=pace,
-            eta_seconds=eta,
-            wait_seconds=max(0.0, wait) if phase == "wait" else 0.0,
-            fraction=self.fraction if total is not None or phase == "done" else None,
-        )
-        for callback in self.callbacks:
-            callback(report)
-
-    def start_listing(self, label: str) -> None:
-        self.listing = label
-        self.current_start = self.requests()
-
-    def end_listing(self) -> None:
-        if self.plan:
-            self.plan.pop(0)
-
-
 # --- the engine -----------------------------------------------------------------------------
 
 
@@ -440,7 +351,7 @@ class _Syncer:
         store: Store,
         clock: Callable[[], datetime],
         summary: SyncSummary,
-        progress: _Progress,
+        progress: ProgressEstimator,
         batch: _PageBatch,
         verify_budget: int,
         tie_reread_budget: int,
@@ -456,7 +367,7 @@ class _Syncer:
         self.verify_budget = verify_budget
         self.tie_reread_budget = tie_reread_budget
         self.max_top_ups = max_top_ups
-        self.base = progress.base
+        self.base = _counters(client)
         self.answers = _Answers(store, guru)
 
     # --- bookkeeping ---
@@ -482,7 +393,8 @@ class _Syncer:
 
     # --- one listing ---
 
-    def run_listing(self, plan: _Plan) -> None:
+    def run_listing(self, plan: _Plan) -> datetime | None:
+        """Read one listing (see the module docstring); returns its committed watermark."""
         listing, state = plan.listing, plan.state
         key = listing.key
         self.progress.start_listing(_listing_label(key))
@@ -535,15 +447,31 @@ class _Syncer:
                 "resumed an interrupted full pass: deletions are not marked this time "
                 "(run --full again to mark them)"
             )
+        committed = max(newest) if newest else None
         self.batch.add(
             key,
             None,
-            watermark=max(newest) if newest else None,
+            watermark=committed,
             completed_at=self.clock(),
             pass_mode=None,
             pass_started_at=None,
             pass_top=None,
             pass_next_page=None,
+        )
+        self.batch.flush()
+        self.progress.end_listing()
+        return committed
+
+    def skip_listing(self, plan: _Plan, feed_watermark: datetime | None) -> None:
+        """A user listing with nothing to attribute (see ``_users_to_skip``): no request; its
+        watermark moves up to the guru-wide one, which already covers its sessions."""
+        assert plan.state is not None
+        marks = [w for w in (plan.state.watermark, feed_watermark) if w is not None]
+        self.batch.add(
+            plan.listing.key,
+            None,
+            watermark=max(marks) if marks else None,
+            completed_at=self.clock(),
         )
         self.batch.flush()
         self.progress.end_listing()
@@ -574,8 +502,8 @@ class _Syncer:
             )
             state = {"pass_top": p.top, "pass_next_page": p.resume_page} if save else {}
             self.batch.add(listing.key, ListedPage(page.sessions, user), **state)
-            if self.batch.due():
-                self.batch.flush()
+            if self.batch.due() or (save and p.stats.requests == 1):
+                self.batch.flush()  # a pass's first page at once: its position is on disk
             self.summary.pages += 1
             self.progress.pages += 1
             self.progress.sessions += len(page.sessions)
@@ -816,26 +744,6 @@ def _utc_times(values: Sequence[datetime | None]) -> pd.Series:
 # --- entry points ---------------------------------------------------------------------------
 
 
-def _progress_wanted(progress: bool | None) -> bool:
-    """``None``: a bar when a person is watching (stderr is a terminal, or a Jupyter kernel)."""
-    if progress is not None:
-        return bool(progress)
-    try:
-        if sys.stderr is not None and sys.stderr.isatty():
-            return True
-    except (AttributeError, ValueError):
-        pass
-    return _in_jupyter_kernel()
-
-
-def _in_jupyter_kernel() -> bool:
-    """True inside a Jupyter kernel (not merely when ipykernel was imported somewhere)."""
-    ipython = sys.modules.get("IPython")
-    get_ipython = getattr(ipython, "get_ipython", None)
-    shell = get_ipython() if callable(get_ipython) else None
-    return type(shell).__name__ == "ZMQInteractiveShell"
-
-
 def sync(
     guru: str,
     *,
@@ -895,10 +803,17 @@ def sync(
         )
     t0 = monotonic()
     callbacks: list[ProgressCallback] = [on_progress] if on_progress is not None else []
-    bar = TqdmProgress() if _progress_wanted(progress) else None
+    bar = TqdmProgress() if bar_wanted(progress) else None
     if bar is not None:
         callbacks.append(bar)
-    reports = _Progress(client, callbacks, monotonic, _counters(client))
+    base = _counters(client)
+    limiter = getattr(client, "limiter", None)
+    reports = ProgressEstimator(
+        callbacks,
+        lambda: _counters(client)[0] - base[0],
+        getattr(limiter, "seconds_per_request", None),
+        monotonic,
+    )
     if callbacks:
         _estimate(reports, store, guru, plans, messages, max_requests)
     summary.run_id = store.begin_run(guru, run_mode, keys, listings[0].search_query or None)
@@ -915,18 +830,34 @@ def sync(
         tie_reread_budget,
         max_top_ups,
     )
-    limiter = getattr(client, "limiter", None)
     observing: AbstractContextManager[Any] = (
         limiter.observe(on_wait=syncer.on_wait, on_tick=syncer.on_tick if callbacks else None)
         if limiter is not None
         else nullcontext()
     )
     error: str | None = None
+    skip: list[_Plan] = []  # user listings with nothing to attribute (after the guru-wide one)
+    feed: datetime | None = None  # the guru-wide watermark this run committed
     try:
         with store.capped(**SYNC_SETTINGS), observing:
             try:
+                skipped = 0
                 for plan in plans:
-                    syncer.run_listing(plan)
+                    if plan in skip:
+                        syncer.skip_listing(plan, feed)
+                        skipped += 1
+                        continue
+                    new_before = summary.sessions_new
+                    watermark = syncer.run_listing(plan)
+                    if plan.listing.guru_wide:
+                        feed = watermark
+                        if summary.sessions_new == new_before:
+                            skip = _users_to_skip(plan, plans)
+                if skipped:
+                    summary.notes.append(
+                        f"skipped {skipped} user listing(s) at no request: the guru-wide listing "
+                        "showed no new session, so there was nothing to attribute"
+                    )
             except BaseException:
                 batch.flush_after_error()
                 raise
@@ -963,6 +894,32 @@ def sync(
     return summary
 
 
+def _users_to_skip(feed: _Plan, plans: Sequence[_Plan]) -> list[_Plan]:
+    """User listings this run need not read: the guru-wide listing is the change feed.
+
+    A session's external user never changes, so a user listing only adds attribution to
+    sessions the cache has never seen. When an incremental guru-wide pass (not a resume: the
+    pages an interrupted pass wrote are no longer new) found no new session, an incremental
+    user listing that completed after the guru-wide one last did (so the run that found the
+    cache's newest sessions also read this user) has nothing to add: every session it could
+    show is cached and attributed. Anything else (``--full``, a user new to the cache, an
+    interrupted pass, a search) is read as before.
+    """
+    if feed.mode != "incremental" or feed.state is None or feed.state.completed_at is None:
+        return []
+    since = feed.state.completed_at
+    return [
+        p
+        for p in plans
+        if p.listing.external_user_id is not None
+        and not p.listing.search_query
+        and p.mode == "incremental"
+        and p.state is not None
+        and p.state.completed_at is not None
+        and p.state.completed_at >= since
+    ]
+
+
 def _plan(store: Store, guru: str, listing: Listing, full: bool) -> _Plan:
     """How one listing is read: resume its interrupted pass, a full pass, or incremental."""
     state = store.get_state(guru, listing.key)
@@ -980,7 +937,7 @@ def _plan(store: Store, guru: str, listing: Listing, full: bool) -> _Plan:
 
 
 def _estimate(
-    reports: _Progress,
+    reports: ProgressEstimator,
     store: Store,
     guru: str,
     plans: Sequence[_Plan],
@@ -997,8 +954,10 @@ def _estimate(
         user = p.listing.external_user_id
         size = sizes.get(f"user:{user}" if user is not None else "", 0)
         pages = -(-size // PAGE_SIZE)
-        if p.mode == "full" or (p.mode == "resume" and p.state and p.state.pass_mode == "full"):
-            start = p.state.pass_next_page or 1 if p.mode == "resume" and p.state else 1
+        resumed_full = p.mode == "resume" and p.state is not None and p.state.pass_mode == "full"
+        if p.mode == "full" or resumed_full:
+            start = (p.state.pass_next_page or 1) if resumed_full and p.state is not None else 1
+            # the pages left (a resume re-reads the page before its position) and a top-up
             reports.plan.append(max(1, pages - start + 2) + (1 if pages > 1 else 0))
         else:
             reports.plan.append(1)

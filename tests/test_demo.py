@@ -75,8 +75,9 @@ def test_demo_writes_everything_then_syncs_incrementally(
     assert cli.main(["demo", "--out", str(out), *ARGS]) == 0
     second = capsys.readouterr().out
     assert "Incremental sync:" in second and "already up to date" in second
-    # One request per listing: the guru-wide one and one per user; nothing re-downloaded.
-    assert f"{USERS + 1} requests for {USERS + 1} listings" in second
+    # One request: the guru-wide listing shows nothing new, so no user listing is read (issue
+    # 13; it used to be one request per listing); nothing re-downloaded.
+    assert f"1 requests for {USERS + 1} listings" in second
     assert "0 new and 0 changed sessions, messages of 0 sessions" in second
     assert (out / "users.csv").stat().st_mtime_ns >= mtime
     assert pd.read_csv(out / "users.csv").equals(csv["users"])
