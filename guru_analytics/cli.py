@@ -357,6 +357,10 @@ def _add_sync(sub: argparse._SubParsersAction, name: str) -> None:
         help="also fetch the messages of new/changed sessions (one request per session)",
     )
     p.add_argument(
+        "--questions", action="store_true",
+        help="also store every question since the last export (Export Analytics: one request)",
+    )
+    p.add_argument(
         "--max-requests", type=_whole_non_negative, default=None, metavar="N",
         help="at most N requests for --messages (the rest waits for the next run)",
     )
@@ -383,6 +387,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         search=args.search,
         full=args.full,
         messages=args.messages,
+        questions=args.questions,
         max_requests=args.max_requests,
         progress=False if args.no_progress else None,
     )

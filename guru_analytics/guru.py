@@ -305,12 +305,15 @@ class Guru:
         max_requests: int | None = None,
         progress: bool | None = None,
         on_request: Callable[[int], None] | None = None,
+        questions: bool = False,
     ) -> SyncSummary:
         """Bring the cache up to date: the guru-wide listing, then one listing per user.
 
         ``users`` defaults to the ids given at construction (``[]`` = none). ``messages``
         then fetches the conversations of new or changed sessions (one request each, at most
-        ``max_requests``). ``on_request(n)`` is called at the start of the n-th request.
+        ``max_requests``). ``questions`` stores every question since the last export (one
+        Export Analytics request, guru-wide, with the first step). ``on_request(n)`` is
+        called at the start of the n-th request.
         The first run reads everything; later runs stop at what the cache already has.
         """
         from .client import GurubaseClient
@@ -353,6 +356,7 @@ class Guru:
                         search=search,
                         full=full,
                         messages=messages and last,
+                        questions=questions and i == 0,
                         max_requests=max_requests if last else None,
                         progress=progress,
                         clock=self._clock,
@@ -627,6 +631,7 @@ def _merge(summaries: Sequence[SyncSummary]) -> SyncSummary:
     for name in (
         "requests", "throttled", "retries", "pages", "sessions_new", "sessions_changed",
         "sessions_deleted", "tie_rereads", "top_ups", "verified", "unverified", "messages_fetched",
+        "questions_exported", "questions_new",
     ):  # fmt: skip
         setattr(merged, name, sum(getattr(s, name) for s in summaries))
     merged.messages_remaining = summaries[-1].messages_remaining

@@ -19,6 +19,9 @@ per search ``search:<q>``; a user+search listing is ``user:<id>|search:<q>``). E
 
 With ``messages=True`` sessions that are new or changed since their messages were fetched
 get one Get Session each (newest first, at most ``max_requests`` requests).
+
+With ``questions=True`` (after the listings, before messages) one Export Analytics request
+stores every question since the last export (``sync_questions``).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,10 +43,11 @@ from .errors import ConfigError, GuruAnalyticsError, NotFoundError
 from .paging import DEFAULT_TIE_REREAD_BUDGET, PageView, Pass, Row
 from .store import LISTING_COLUMNS, MESSAGE_COLUMNS
 from .timestamps import utc_now
+from .wire import export_range
 
 if TYPE_CHECKING:
     from .client import Conversation, GurubaseClient, Message, Page
-    from .store import Store
+    from .store import QuestionWrite, Store
 
 _log = logging.getLogger("guru_analytics.sync")
 
@@ -83,6 +87,8 @@ class SyncSummary:
     unverified: int = 0
     messages_fetched: int = 0
     messages_remaining: int = 0
+    questions_exported: int = 0
+    questions_new: int = 0
     seconds: float = 0.0
     outcome: str = "running"
     run_id: int | None = None
@@ -108,6 +114,10 @@ class SyncSummary:
                 f"{self.messages_fetched} sessions fetched, {self.messages_remaining} remaining",
             ),
         ]
+        if self.questions_exported or self.questions_new:
+            rows.append(
+                ("questions", f"{self.questions_exported} exported, {self.questions_new} new")
+            )
         run = f"run {self.run_id}" if self.run_id is not None else "no run"
         head = f"sync {self.guru}: {self.mode}, {self.outcome} ({run}, {self.seconds:.1f} s)"
         width = max(len(k) for k, _ in rows)
@@ -697,6 +707,7 @@ def sync(
     max_requests: int | None = None,
     progress: bool | None = None,
     clock: Callable[[], datetime] = utc_now,
+    questions: bool = False,
     verify_budget: int = DEFAULT_VERIFY_BUDGET,
     tie_reread_budget: int = DEFAULT_TIE_REREAD_BUDGET,
     max_top_ups: int = DEFAULT_MAX_TOP_UPS,
@@ -708,6 +719,8 @@ def sync(
     watermark and attribution. ``search``: sync only sessions matching it. ``full``: re-read
     every listing to the end (and mark deletions, guru-wide). ``messages``: then fetch the
     messages of new/changed sessions, at most ``max_requests`` requests (None = all).
+    ``questions``: after the listings, one Export Analytics request for every question since
+    the last export (``sync_questions``).
     ``progress``: a tqdm bar (None = when stderr is a terminal or in Jupyter).
     The run is recorded in ``sync_runs``; interrupts (KeyboardInterrupt) are recorded as
     ``interrupted`` and re-raised; package errors as ``error`` and re-raised.
@@ -753,6 +766,8 @@ def sync(
     try:
         for plan in plans:
             syncer.run_listing(plan)
+        if questions:
+            sync_questions(guru, client=client, store=store, clock=clock, summary=summary)
         if messages:
             syncer.fetch_messages(max_requests)
         summary.outcome = "ok"
@@ -784,6 +799,60 @@ def sync(
             _log.warning("could not record the end of sync run %s: %s", summary.run_id, exc)
         store.release()  # let other processes read the finished cache
     return summary
+
+
+# --- questions (issue 15) -----------------------------------------------------------------
+
+QUESTION_INTERVALS = ("today", "7d", "30d", "3m", "6m", "12m")
+"""The intervals ``question_interval`` chooses from, shortest first. ``yesterday`` is never
+chosen: it ends at the last UTC midnight, so it misses today's questions."""
+EXPORT_OVERLAP = timedelta(hours=1)
+"""How far before the last export the next one must start: room for clock skew between this
+machine and the server, and for a question saved a little after its minute. Rows exported
+twice are stored once (``Store.write_questions``), so the overlap costs nothing."""
+
+
+def question_interval(
+    last_export: datetime | None, now: datetime, overlap: timedelta = EXPORT_OVERLAP
+) -> str:
+    """The smallest interval asked at ``now`` that starts at or before ``last_export -
+    overlap`` (so it covers everything since the last export); ``12m`` the first time, and
+    when the last export is older than the 365 days the API keeps (the gap is lost)."""
+    if last_export is None:
+        return "12m"
+    since = last_export - overlap
+    for interval in QUESTION_INTERVALS:
+        if export_range(interval, now)[0] <= since:
+            return interval
+    return "12m"
+
+
+def sync_questions(
+    guru: str,
+    *,
+    client: GurubaseClient,
+    store: Store,
+    clock: Callable[[], datetime] = utc_now,
+    summary: SyncSummary | None = None,
+) -> QuestionWrite:
+    """One Export Analytics request for every question since the last export, stored
+    idempotently (``Store.write_questions``); adds ``questions_exported`` (rows in the
+    export) and ``questions_new`` to ``summary``, and a note when a gap could not be covered."""
+    last = store.last_question_export(guru)
+    now = clock()
+    interval = question_interval(None if last is None else last.exported_at, now)
+    covers_from = export_range(interval, now)[0]
+    export = client.export_questions(guru, interval)
+    written = store.write_questions(guru, export, now, covers_from=covers_from)
+    if summary is not None:
+        summary.questions_exported += written.questions + written.unanswered
+        summary.questions_new += written.new
+        if last is not None and covers_from > last.exported_at:
+            summary.notes.append(
+                f"questions between {last.exported_at:%Y-%m-%d} and {covers_from:%Y-%m-%d} "
+                "are older than the 12 months Export Analytics covers: they are not stored"
+            )
+    return written
 
 
 def _end_run(store: Store, s: SyncSummary, error: str | None) -> None:
