@@ -247,7 +247,6 @@ CREATE TABLE IF NOT EXISTS questions (
     first_exported TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (guru, row_key, occurrence)
 );
-CREATE INDEX IF NOT EXISTS questions_by_session ON questions (session_id);
 CREATE SEQUENCE IF NOT EXISTS question_export_ids START 1;
 CREATE TABLE IF NOT EXISTS question_exports (
     export_id BIGINT PRIMARY KEY DEFAULT nextval('question_export_ids'),
