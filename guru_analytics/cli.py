@@ -615,6 +615,8 @@ def _add_demo(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--tz", default="UTC", help="IANA time zone of buckets and timestamps (default UTC)")
     p.add_argument("--no-messages", action="store_true",
                    help="skip Get Session (no messages, binge length or sources outputs)")  # fmt: skip
+    p.add_argument("--no-questions", action="store_true",
+                   help="skip Export Analytics (no question outputs)")  # fmt: skip
     bar = p.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None,
                      help="always show the progress bar (default: when stderr is a terminal)")  # fmt: skip
@@ -635,6 +637,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         tz=check_tz(args.tz),
         messages=not args.no_messages,
         progress=args.progress,
+        questions=not args.no_questions,
     )
     return 0
 

@@ -277,3 +277,166 @@ def test_cli_sync_questions_stores_every_follow_up_linked_in_one_request(
     )
     assert len(want) > 100 and got == want
     assert follow["session_id"].notna().all()
+
+
+# --- frames -------------------------------------------------------------------------------
+# A hand-computable cache (schema from the store's own steps, rows by plain SQL):
+#   a  observation 10:23:27.5; exported follow-ups 09:00 and 10:23 (the observed one, to
+#      the minute) -> events 09:00, 10:23:27.5
+#   b  messages 11:00:05 and 11:05:10 (observation 11:05:10); exported questions 11:00,
+#      11:05 (the same two) and 11:30 -> events 11:00:05, 11:05:10, 11:30
+#   unlinked rows (a web session's first question, unanswered) and a row naming a session
+#   the cache does not know count only in the question reports.
+
+DAY = "2025-03-10"
+
+
+def _question_cache(*, messages: bool = True) -> Any:
+    from analytics_fixtures import add_sessions, make_con
+
+    from guru_analytics.store import SCHEMA_V4
+
+    con = make_con()
+    con.execute(SCHEMA_V4)
+    b_messages = (
+        [{"ts": f"{DAY}T11:00:05Z", "source": "USER"}, {"ts": f"{DAY}T11:05:10Z"}]
+        if messages
+        else []
+    )
+    add_sessions(
+        con,
+        "g",
+        [
+            {"id": "a", "users": ["alice"], "title": "Install?", "obs": [f"{DAY}T10:23:27.5Z"]},
+            {"id": "b", "users": ["bob"], "title": "Tabs?", "obs": [f"{DAY}T11:05:10Z"],
+             "messages": b_messages},
+        ],
+    )  # fmt: skip
+    rows = [  # kind, minute, source, trust, follow_up, session
+        ("answered", "09:00", "Gurubase UI", 0.9, True, "a"),
+        ("answered", "10:23", "Gurubase UI", 0.4, True, "a"),
+        ("answered", "11:00", "Slack", 0.8, False, "b"),
+        ("answered", "11:05", "Slack", 0.7, True, "b"),
+        ("answered", "11:30", "Slack", None, True, "b"),
+        ("answered", "12:00", "Widget", 0.3, False, None),
+        ("answered", "12:10", "Api", 0.6, True, "zz"),
+        ("unanswered", "12:20", "Widget", None, None, None),
+    ]
+    for k, (kind, hm, source, trust, follow, sid) in enumerate(rows):
+        url = None if kind == "unanswered" else f"https://gurubase.io/g/g/x/binge/{sid}?question_slug=q{k}"
+        con.execute(
+            "INSERT INTO questions (guru, row_key, occurrence, kind, asked_at, source, question, "
+            "trust_score, follow_up, url, session_id, question_slug, first_exported) VALUES "
+            "('g', ?, 0, ?, ?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, ?, now())",
+            [k, kind, f"{DAY}T{hm}:00Z", source, f"question {k}", trust, follow, url, sid, f"q{k}"],
+        )
+    return con
+
+
+def test_question_events_join_the_activity_basis_counted_once_per_minute() -> None:
+    from guru_analytics import frames
+
+    con = _question_cache()
+    s = frames.sessions(con, "g").set_index("id")
+    assert s.attrs["basis"] == "observations+messages+questions"
+    assert s.loc["a", "events"] == 2 and s.loc["b", "events"] == 3
+    assert s.loc["a", "first_event"] == pd.Timestamp(f"{DAY}T09:00Z")
+    act = frames.activity(con, "g", freq="H")
+    assert act["events"].sum() == 5
+    assert act.set_index("bucket")["new_sessions"].sum() == 2
+    without = _question_cache(messages=False)
+    assert frames.activity(without, "g").attrs["basis"] == "observations+questions"
+    # b without messages: observation 11:05:10, questions 11:00 and 11:30 (11:05 is observed)
+    assert frames.sessions(without, "g").set_index("id").loc["b", "events"] == 3
+
+
+def test_question_reports_by_hand() -> None:
+    from guru_analytics import frames
+
+    con = _question_cache()
+    q = frames.questions(con, "g")
+    assert len(q) == 8 and q["asked_at"].is_monotonic_increasing
+    assert q["session_id"].isna().sum() == 2 and (~q["answered"]).sum() == 1
+    assert q.set_index("question").loc["question 0", "title"] == "Install?"
+    assert list(frames.questions(con, "g", users="alice")["session_id"]) == ["a", "a"]
+    src = frames.question_sources(con, "g", freq="D")
+    got = src.set_index("source")[["questions", "follow_ups", "unanswered"]].to_dict("index")
+    assert got == {
+        "Api": {"questions": 1, "follow_ups": 1, "unanswered": 0},
+        "Gurubase UI": {"questions": 2, "follow_ups": 2, "unanswered": 0},
+        "Slack": {"questions": 3, "follow_ups": 2, "unanswered": 0},
+        "Widget": {"questions": 1, "follow_ups": 0, "unanswered": 1},
+    }
+    trust = frames.question_trust(con, "g", freq="D").iloc[0]
+    assert (trust["questions"], trust["scored"], trust["low_trust"]) == (7, 6, 2)
+    assert trust["mean_trust_score"] == pytest.approx((0.9 + 0.4 + 0.8 + 0.7 + 0.3 + 0.6) / 6)
+    un = frames.unanswered(con, "g", freq="H").set_index("bucket")
+    assert un["questions"].sum() == 7 and un["unanswered"].sum() == 1
+    assert un.loc[pd.Timestamp(f"{DAY}T12:00Z"), "unanswered_share"] == pytest.approx(1 / 3)
+    assert un.loc[pd.Timestamp(f"{DAY}T10:00Z"), "unanswered_share"] == 0.0
+
+
+def test_question_reports_need_questions_and_old_caches_still_read() -> None:
+    from analytics_fixtures import add_sessions, make_con
+
+    from guru_analytics import frames
+    from guru_analytics.errors import NoDataError
+
+    con = make_con()  # schema v1: no questions table at all
+    add_sessions(con, "g", [{"id": "a", "obs": [f"{DAY}T10:00:00Z"]}])
+    assert frames.activity(con, "g").attrs["basis"] == "observations"
+    with pytest.raises(NoDataError, match="sync g --questions"):
+        frames.questions(con, "g")
+
+
+def test_question_charts_draw_from_the_cache() -> None:
+    from matplotlib.axes import Axes
+
+    from guru_analytics import catalog, plots
+
+    con = _question_cache()
+    for name, chart in catalog.CHARTS.items():
+        if chart.needs_questions:
+            ax = plots.chart(con, name, "g", freq="H")
+            assert isinstance(ax, Axes) and ax.get_title(), name
+            assert ax.patches or ax.lines, name
+
+
+def test_export_and_get_session_agree_on_the_local_server(tmp_path: Path) -> None:
+    """For sessions covered by both the export and Get Session messages, the export's linked
+    questions are the messages to the minute, and adding them changes no session's events."""
+    from guru_analytics import frames
+
+    clock = Clock(NOW)
+    with serve(80, clock=clock) as s, Store(tmp_path / "c.duckdb") as st:
+        c = client(s)
+        sync(GURU, client=c, store=st, messages=True, progress=False, clock=clock)
+        before = frames.sessions(st, GURU).set_index("id")
+        sync(GURU, client=c, store=st, questions=True, progress=False, clock=clock)
+        after = frames.sessions(st, GURU).set_index("id")
+        with st.reader() as con:
+            pairs = con.execute(
+                """SELECT m.session_id, list_sort(list(DISTINCT date_trunc('minute', m.date_created)))
+                          AS msg, (SELECT list_sort(list(DISTINCT x.asked_at)) FROM questions x
+                                   WHERE x.guru = m.guru AND x.session_id = m.session_id) AS q,
+                          bool_or(m.parent_slug IS NULL AND m.source IN ('SLACK','DISCORD','GITHUB'))
+                          AS linked_root
+                   FROM messages m WHERE m.guru = ? GROUP BY m.guru, m.session_id""",
+                [GURU],
+            ).fetchall()
+            roots = dict(
+                con.execute(
+                    "SELECT session_id, date_trunc('minute', date_created) FROM messages "
+                    "WHERE guru = ? AND parent_slug IS NULL",
+                    [GURU],
+                ).fetchall()
+            )
+    assert before.attrs["basis"] == "observations+messages"
+    assert after.attrs["basis"] == "observations+messages+questions"
+    assert len(pairs) == 80
+    for sid, msg, q, linked_root in pairs:
+        want = list(msg) if linked_root else sorted(set(msg) - {roots[sid]})
+        # A follow-up in the root's minute of a web session is still exported; keep it.
+        got = sorted(set(q or []))
+        assert set(want) <= set(got) <= set(msg), sid
+    pd.testing.assert_series_equal(before["events"], after["events"])
