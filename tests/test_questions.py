@@ -127,7 +127,10 @@ def test_both_key_schemes_store_the_same_rows(scheme: str) -> None:
     assert written.unanswered == (rows["kind"] == "unanswered").sum() > 0
     assert written.linked == rows["session_id"].notna().sum() > 0
     # the same rows whatever the scheme: compare with a fresh export in the other one
-    with serve(export_scheme="docs" if scheme == "code" else "code") as s2, Store(":memory:") as st2:
+    with (
+        serve(export_scheme="docs" if scheme == "code" else "code") as s2,
+        Store(":memory:") as st2,
+    ):
         st2.write_questions(GURU, client(s2).export_questions(GURU, "12m"), NOW)
         other = stored(st2)
     cols = ["row_key", "occurrence", "kind", "asked_at", "session_id", "trust_score"]
@@ -201,7 +204,10 @@ def test_first_questions_of_web_sessions_are_kept_unlinked(store: Store) -> None
     assert len(unlinked) > 0 and not unlinked["follow_up"].any()
     # No row is forced onto a session: every linked row's URL names its session.
     linked = answered[answered["session_id"].notna()]
-    assert all(f"/binge/{sid}?" in url for sid, url in zip(linked["session_id"], linked["url"], strict=True))
+    assert all(
+        f"/binge/{sid}?" in url
+        for sid, url in zip(linked["session_id"], linked["url"], strict=True)
+    )
     assert set(linked["session_id"]) <= set(truth["id"])
 
 
@@ -217,9 +223,7 @@ def test_the_12_month_edge(store: Store) -> None:
         s.touch(GURU, [old[0]], at=start - timedelta(minutes=1))
         s.touch(GURU, [old[1]], at=start)
         sync_questions(GURU, client=client(s), store=store, clock=Clock(NOW))
-        want = follow_up_truth(
-            s, start, {old[0]: [start - timedelta(minutes=1)], old[1]: [start]}
-        )
+        want = follow_up_truth(s, start, {old[0]: [start - timedelta(minutes=1)], old[1]: [start]})
     rows = stored(store)
     assert rows["asked_at"].min() >= start
     follow = rows[rows["follow_up"].fillna(False).astype(bool)]
@@ -273,7 +277,8 @@ def test_cli_sync_questions_stores_every_follow_up_linked_in_one_request(
         rows = stored(st)
     follow = rows[rows["follow_up"].fillna(False).astype(bool)]
     got = Counter(
-        (sid, ts.to_pydatetime()) for sid, ts in zip(follow["session_id"], follow["asked_at"], strict=True)
+        (sid, ts.to_pydatetime())
+        for sid, ts in zip(follow["session_id"], follow["asked_at"], strict=True)
     )
     assert len(want) > 100 and got == want
     assert follow["session_id"].notna().all()
@@ -323,7 +328,11 @@ def _question_cache(*, messages: bool = True) -> Any:
         ("unanswered", "12:20", "Widget", None, None, None),
     ]
     for k, (kind, hm, source, trust, follow, sid) in enumerate(rows):
-        url = None if kind == "unanswered" else f"https://gurubase.io/g/g/x/binge/{sid}?question_slug=q{k}"
+        url = (
+            None
+            if kind == "unanswered"
+            else f"https://gurubase.io/g/g/x/binge/{sid}?question_slug=q{k}"
+        )
         con.execute(
             "INSERT INTO questions (guru, row_key, occurrence, kind, asked_at, source, question, "
             "trust_score, follow_up, url, session_id, question_slug, first_exported) VALUES "

@@ -106,9 +106,7 @@ def questions(
     return _finish(df, "questions", q.tz, q.attrs(basis))
 
 
-def _bucketed(
-    con: Source, q: _Query, report: str, select: str, group: str | None
-) -> pd.DataFrame:
+def _bucketed(con: Source, q: _Query, report: str, select: str, group: str | None) -> pd.DataFrame:
     """Question rows per bucket (and per ``group`` column), every bucket from the first to the
     last selected question (or ``start``/``end``), zeros included."""
     b = bucket_sql("asked_at", q.freq, q.week_start)
