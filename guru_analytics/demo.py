@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -84,6 +84,7 @@ def run_demo(
     from .guru import Guru
     from .server import LocalGurubase
     from .synthetic import DEFAULT_END
+    from .timestamps import running_from
 
     echo = _printer(stdout)
     for value, name in ((n_sessions, "n_sessions"), (n_users, "n_users"), (days, "days")):
@@ -97,7 +98,7 @@ def run_demo(
 
     # The server's clock runs on from the data's fixed end, so Export Analytics intervals
     # (computed on the server's clock, up to 12 months back) cover the synthetic history.
-    clock = _clock_from(DEFAULT_END)
+    clock = running_from(DEFAULT_END)
     srv = LocalGurubase.demo(
         n_sessions,
         n_users,
@@ -140,14 +141,6 @@ def run_demo(
     result.seconds = monotonic() - t0
     _print_summary(result, echo)
     return result
-
-
-def _clock_from(start: datetime) -> Callable[[], datetime]:
-    """A wall clock that reads ``start`` now and runs on in real time."""
-    from .timestamps import utc_now
-
-    offset = start - utc_now()
-    return lambda: utc_now() + offset
 
 
 def _write_outputs(

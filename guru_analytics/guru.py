@@ -177,13 +177,18 @@ class Guru:
         a temporary directory removed by ``close()``. Rate limits default to off."""
         from .server import LocalGurubase
         from .synthetic import DEFAULT_END
+        from .timestamps import running_from
 
+        data_end = end if end is not None else DEFAULT_END
+        # The server's clock runs on from the data's end, so `sync(questions=True)` (Export
+        # Analytics, up to 12 months back from the server's now) finds the synthetic history.
+        server_options.setdefault("clock", running_from(data_end))
         srv = LocalGurubase.demo(
             n_sessions,
             n_users,
             days,
             seed=seed,
-            end=end if end is not None else DEFAULT_END,
+            end=data_end,
             rate_limit=server_rate_limit,
             **server_options,
         ).start()

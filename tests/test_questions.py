@@ -449,3 +449,17 @@ def test_export_and_get_session_agree_on_the_local_server(tmp_path: Path) -> Non
         got = sorted(set(q or []))
         assert set(want) <= set(got) <= set(msg), sid
     pd.testing.assert_series_equal(before["events"], after["events"])
+
+
+def test_guru_local_syncs_questions_in_one_request() -> None:
+    """`Guru.local()`'s server clock runs on from the synthetic data's end, so the first
+    `sync(questions=True)` exports the whole history in one request."""
+    from guru_analytics.guru import Guru
+
+    with Guru.local(120, 4, 60) as g:
+        summary = g.sync(questions=True, users=[])
+        assert g.server.request_count(EXPORT_PATH) == 1
+        assert summary.questions_new == summary.questions_exported > 0
+        q = g.report("questions")
+        assert len(q) == summary.questions_exported and q["session_id"].notna().any()
+        assert g.activity().attrs["basis"] == "observations+questions"
