@@ -1,7 +1,11 @@
 """Measure the DuckDB cache's write path: page writes, message writes and bulk loads.
 
 Run: ``python benchmarks/store_bench.py [--pages 1000] [--cache 30000] [--big-cache 1000000]
-[--big-pages 300] [--messages 1000] [--bulk 1000000]`` (0 skips a case).
+[--big-pages 300] [--messages 1000] [--bulk 1000000] [--frames]`` (0 skips a case).
+
+Pages go the sync's way by default: typed rows through ``Store.write_pages`` with the pass
+state in the same transaction; ``--frames`` measures ``write_page`` with a DataFrame instead
+(the validated path for users' frames).
 
 Page writes go into a cache of ``--cache`` sessions (and ``--big-cache`` for the scaling
 check) that also holds a second, small guru, as a shared cache file does: with one guru only,
@@ -20,11 +24,12 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 
-from guru_analytics.store import Store
+from guru_analytics.store import ListedPage, Store
 
 BASE = datetime(2025, 1, 1, tzinfo=UTC)
 MESSAGES_PER_SESSION = 5
@@ -66,7 +71,17 @@ def cache(path: Path, n: int) -> tuple[Store, pd.DataFrame]:
     return store, frame
 
 
-def bench_pages(n_cache: int, n_pages: int, mode: str) -> tuple[list[float], list[float]]:
+def typed(page: pd.DataFrame) -> ListedPage:
+    """A frame's rows as the typed page the sync hands the store (a ``ListedRow`` each)."""
+    rows = page.to_dict("records")
+    for row in rows:
+        row["last_used"] = pd.Timestamp(row["last_used"]).to_pydatetime()
+    return ListedPage([SimpleNamespace(**row) for row in rows])
+
+
+def bench_pages(
+    n_cache: int, n_pages: int, mode: str, frames: bool = False
+) -> tuple[list[float], list[float]]:
     with tempfile.TemporaryDirectory() as tmp:
         store, frame = cache(Path(tmp) / "bench.duckdb", n_cache)
         rng = np.random.default_rng(2)
@@ -85,8 +100,13 @@ def bench_pages(n_cache: int, n_pages: int, mode: str) -> tuple[list[float], lis
             elif mode == "new":
                 page = sessions(30, 10_000 + i)
             seen = seen + timedelta(seconds=6)
+            rows = None if frames else [typed(page)]
             t, c = time.perf_counter(), time.process_time()
-            store.write_page("g", page, seen)
+            if rows is None:
+                store.write_page("g", page, seen)
+            else:
+                state = {"": {"pass_top": seen, "pass_next_page": i + 2}}
+                store.write_pages("g", rows, seen, state)
             times.append(time.perf_counter() - t)
             cpu.append(time.process_time() - c)
         store.close()
@@ -223,13 +243,14 @@ def calibrate() -> str:
     )
 
 
-def report_pages(n_cache: int, n_pages: int) -> None:
+def report_pages(n_cache: int, n_pages: int, frames: bool = False) -> None:
     for mode in ("unchanged", "mixed", "new"):
-        times, cpu = bench_pages(n_cache, n_pages, mode)
+        times, cpu = bench_pages(n_cache, n_pages, mode, frames)
         q = np.percentile(times, [50, 90, 99]) * 1000
         head, tail = min(100, n_pages // 3 or 1), min(100, n_pages // 3 or 1)
         print(
-            f"{n_pages} x 30-row pages ({mode}) into {n_cache} sessions: "
+            f"{n_pages} x 30-row {'frame' if frames else 'typed'} pages ({mode}) "
+            f"into {n_cache} sessions: "
             f"wall median {statistics.median(times) * 1000:.2f} ms (p90 {q[1]:.2f}, "
             f"p99 {q[2]:.2f}); process CPU median {statistics.median(cpu) * 1000:.2f} ms "
             f"(first {head}: {statistics.median(cpu[:head]) * 1000:.2f}, "
@@ -245,12 +266,13 @@ def main() -> None:
     parser.add_argument("--big-pages", type=int, default=300)
     parser.add_argument("--messages", type=int, default=1000, help="sessions per message case")
     parser.add_argument("--bulk", type=int, default=1_000_000)
+    parser.add_argument("--frames", action="store_true", help="pages as DataFrames (write_page)")
     args = parser.parse_args()
     print(calibrate())
     if args.pages:
-        report_pages(args.cache, args.pages)
+        report_pages(args.cache, args.pages, args.frames)
     if args.big_cache and args.big_pages:
-        report_pages(args.big_cache, args.big_pages)
+        report_pages(args.big_cache, args.big_pages, args.frames)
     if args.messages:
         for name, (wall, cpu) in bench_messages(args.cache, args.messages).items():
             print(

@@ -19,6 +19,7 @@ from .errors import (
     ForbiddenError,
     GuruAnalyticsError,
     NotFoundError,
+    OutputError,
 )
 
 # Exit codes: 0 ok, 1 other package error, 2 usage/config, 3 auth/forbidden, 4 not found.
@@ -667,10 +668,81 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _add, cmd = COMMANDS[args.command]
     try:
-        return cmd(args)
+        try:
+            return cmd(args)
+        except Exception as exc:
+            # DuckDB's own exceptions, which the store does not (yet) translate everywhere
+            ours = _duckdb_as_ours(exc, args)
+            if ours is exc:
+                raise
+            raise ours from exc
     except GuruAnalyticsError as exc:
         print(f"guru-analytics: error: {exc}", file=sys.stderr)
+        if isinstance(exc, OutputError) and exc.target == "-":
+            _drop_stdout()
         return _exit_code(exc)
     except KeyboardInterrupt:
-        print("guru-analytics: interrupted; the cache keeps every page written so far", file=sys.stderr)
-        return 130
+        # argv None: this is the process's own command line, which now only exits; more
+        # Ctrl-Cs during the exit would print tracebacks from interpreter shutdown
+        return _interrupted(keep_ignoring=argv is None)
+
+
+def _drop_stdout() -> None:
+    """Stdout cannot be written (full disk, closed pipe): point it at /dev/null so the exit
+    flush of what is still buffered does not print a second error and exit 120."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass  # not a real file descriptor (captured output): nothing will flush it
+
+
+_INTERRUPTED = "guru-analytics: interrupted; the cache keeps every page written so far"
+
+
+def _interrupted(*, keep_ignoring: bool) -> int:
+    """Say so in one line and exit 130; a second Ctrl-C while saying it changes nothing."""
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+    try:
+        print(_INTERRUPTED, file=sys.stderr, flush=True)
+    finally:
+        if previous is not None and not keep_ignoring:
+            signal.signal(signal.SIGINT, previous)
+    return 130
+
+
+def _duckdb_as_ours(exc: Exception, args: argparse.Namespace) -> BaseException:
+    """DuckDB's interrupt (a Ctrl-C that landed inside a query) as ``KeyboardInterrupt``, its
+    I/O errors on the cache (a truncated file, a full disk) as ``CacheError``, running out of
+    memory (e.g. hourly buckets since year 1) as one line; anything else unchanged (a bug
+    should show its traceback)."""
+    from .errors import CacheError
+
+    duckdb = sys.modules.get("duckdb")
+    if duckdb is None:
+        return exc
+    if isinstance(exc, duckdb.InterruptException) or (
+        type(exc) is RuntimeError and str(exc) == "Query interrupted"
+    ):
+        return KeyboardInterrupt()
+    if isinstance(exc, duckdb.OutOfMemoryException):
+        detail = (str(exc).strip().splitlines() or ["out of memory"])[0][:160]
+        return GuruAnalyticsError(
+            f"not enough memory for this ({detail}): narrow --start/--end, use a coarser "
+            "--freq or fewer gurus/users"
+        )
+    if isinstance(exc, duckdb.IOException):
+        where = f"cache {args.db}" if getattr(args, "db", None) else "the cache"
+        detail = " ".join(str(exc).split())[:200]
+        return CacheError(
+            f"{where} cannot be read or written ({detail}): if the file was truncated or "
+            "damaged, move it aside and sync again; if the disk is full, free space"
+        )
+    return exc

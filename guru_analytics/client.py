@@ -5,19 +5,23 @@ Requests are the scarce resource (10 a minute by default), so every call goes th
 ``SlidingWindowLimiter`` per client; 429s, 5xx, dropped connections and timeouts are
 retried a bounded number of times with logged waits; and every answer is checked field by
 field so a changed or non-Gurubase server fails loudly instead of feeding bad rows to the
-cache. The API key travels only in the ``x-api-key`` header: messages, logs and reprs show
-at most ``errors.mask_key(key)``. Redirects are not followed, so the key is never replayed
-to another host.
+cache. Each answer is streamed under a whole-request deadline and a decompressed size cap,
+so a trickling server or a gzip bomb ends in a typed error. The API key travels only in the
+``x-api-key`` header: messages, logs and reprs show at most ``errors.mask_key(key)``.
+Redirects are not followed, so the key is never replayed to another host.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
 import random
 import re
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,15 +32,18 @@ from typing import Any, NoReturn
 from urllib.parse import quote, urlsplit
 
 import requests
+import urllib3
 
 from .errors import (
     ApiError,
     AuthenticationError,
     BadRequestError,
     ConfigError,
+    DeadlineError,
     ForbiddenError,
     NotFoundError,
     RateLimitedError,
+    ResponseTooLargeError,
     ServerError,
     TransportError,
     UnexpectedResponseError,
@@ -63,6 +70,21 @@ BAD_BODY_RETRIES = 2
 MIN_RETRY_WAIT = 1.0
 # How many waits ClientStats remembers (the counters keep counting past it).
 WAIT_LOG_SIZE = 256
+# Seconds one request may take from sending to the last body byte, whatever the per-read
+# timeout: a server trickling a byte at a time would otherwise hold a sync for ever.
+DEFAULT_DEADLINE = 300.0
+# Largest body accepted, counted after decompression: a real page is a few tens of KiB, a
+# long conversation a few MiB; a gzip bomb stops here instead of filling memory.
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+# An export holds up to 12 months of questions in one answer (about 21 MB for a guru of
+# 30,000 sessions on the local server): its cap is far above a page's, still finite.
+EXPORT_MAX_BODY_BYTES = 512 * 1024 * 1024
+_READ_CHUNK = 64 * 1024
+# Encodings decoded here (so the size cap sees expanded bytes); asked for explicitly so a
+# server has no reason to pick another one.
+_ACCEPT_ENCODING = "gzip, deflate"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_REPLACEMENT = "\ufffd"
 _INCOMPATIBLE = "the server is not Gurubase-compatible or changed its API"
 _SESSION_FIELDS = (
     "id",
@@ -119,6 +141,8 @@ class ListedSession:
     root_question_link: str | None
     group: str
     extra: dict[str, Any] = field(default_factory=dict)
+    # Fields whose text held lone UTF-16 surrogates (undecodable), stored with U+FFFD.
+    repaired: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -147,6 +171,8 @@ class Message:
     parent_slug: str | None
     n_references: int | None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Fields whose text held lone UTF-16 surrogates (undecodable), stored with U+FFFD.
+    repaired: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -194,6 +220,7 @@ class _Call:
     endpoint: str
     kind: str  # "list" | "session" | "export"
     subject: str  # guru slug or session id
+    max_bytes: int | None = None  # this call's body cap, if not the client's (an export)
 
 
 class GurubaseClient:
@@ -218,6 +245,8 @@ class GurubaseClient:
         backoff_base: float = 1.0,
         backoff_cap: float = 60.0,
         limiter: SlidingWindowLimiter | None = None,
+        deadline: float = DEFAULT_DEADLINE,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("GURUBASE_API_KEY", "")
         key = key.strip() if isinstance(key, str) else key
@@ -239,6 +268,14 @@ class GurubaseClient:
             raise ConfigError(f"max_retries {max_retries!r} is not valid: use 0 or more")
         if not timeout or timeout <= 0:
             raise ConfigError(f"timeout {timeout!r} is not valid: use a positive number of seconds")
+        if not isinstance(deadline, int | float) or not deadline > 0:
+            raise ConfigError(f"deadline {deadline!r} is not valid: use a positive number of seconds")
+        if (
+            isinstance(max_body_bytes, bool)
+            or not isinstance(max_body_bytes, int)
+            or max_body_bytes < 1
+        ):
+            raise ConfigError(f"max_body_bytes {max_body_bytes!r} is not valid: use a positive size")
         if session is not None and session.verify is False:
             raise ConfigError(
                 "the given requests.Session has TLS verification turned off: leave verify on "
@@ -247,6 +284,8 @@ class GurubaseClient:
         self._owns_session = session is None
         self._session = session if session is not None else requests.Session()
         self.timeout = timeout
+        self.deadline = float(deadline)
+        self.max_body_bytes = max_body_bytes
         self.max_retries = max_retries
         self.max_retry_after = float(max_retry_after)
         self.backoff_base = float(backoff_base)
@@ -265,6 +304,7 @@ class GurubaseClient:
         self._headers = {
             "x-api-key": key,
             "Accept": "application/json",
+            "Accept-Encoding": _ACCEPT_ENCODING,
             "User-Agent": USER_AGENT,
         }
 
@@ -366,7 +406,9 @@ class GurubaseClient:
             body["filters"] = dict(filters)
         guru = guru.strip()
         path = f"/{quote(guru, safe='')}/analytics/export/"
-        call = _Call(f"Export Analytics {interval}", path, "export", guru)
+        call = _Call(
+            f"Export Analytics {interval}", path, "export", guru, max_bytes=EXPORT_MAX_BODY_BYTES
+        )
         try:
             data = self._post(call, body)
         except _NoExportData:
@@ -390,6 +432,7 @@ class GurubaseClient:
         while True:
             self._wait_for_slot(call)
             self.stats.requests += 1
+            started = self._monotonic()
             try:
                 resp = self._session.post(
                     url,
@@ -397,22 +440,34 @@ class GurubaseClient:
                     headers=self._headers,
                     timeout=self.timeout,
                     allow_redirects=False,
+                    stream=True,
                 )
-            except _TRANSPORT_ERRORS as exc:
+                try:
+                    content = self._read_body(call, resp, started)
+                finally:
+                    resp.close()
+            except (*_TRANSPORT_ERRORS, _DeadlinePassed) as exc:
                 self.limiter.finish()
-                what = (
-                    "timed out"
-                    if isinstance(exc, requests.exceptions.Timeout)
-                    else "connection failed or dropped"
-                )
-                detail = self._describe_exception(exc)
-                if retries >= self.max_retries:
-                    self._raise_transport(
-                        call,
-                        f"{call.label}: {what} after {retries} retries ({detail}); check the "
-                        "network and the base URL, then try again",
-                        exc,
+                if isinstance(exc, _DeadlinePassed):
+                    what = f"did not finish within the {self.deadline:g} s deadline"
+                    detail = "the server sends its answer too slowly"
+                else:
+                    what = (
+                        "timed out"
+                        if isinstance(exc, requests.exceptions.Timeout)
+                        else "connection failed or dropped"
                     )
+                    detail = self._describe_exception(exc)
+                if retries >= self.max_retries:
+                    message = (
+                        f"{call.label}: {what} after {retries} retries ({detail}); check the "
+                        "network and the base URL, then try again"
+                    )
+                    if isinstance(exc, _DeadlinePassed):
+                        err = DeadlineError(message)
+                        err.endpoint, err.status = call.endpoint, None  # type: ignore[attr-defined]
+                        raise err from None
+                    self._raise_transport(call, message, exc)
                 retries += 1
                 self._schedule_retry(call, f"{what} ({detail})", self._backoff(retries), retries)
                 continue
@@ -426,15 +481,20 @@ class GurubaseClient:
                 )
             self.limiter.finish()
             status = resp.status_code
-            content = resp.content
             ctype = resp.headers.get("Content-Type", "")
-            resp.close()
 
             if 200 <= status < 300:
                 try:
                     data = json.loads(content)
                 except (ValueError, UnicodeDecodeError):
                     data = _NOT_JSON
+                except RecursionError:
+                    raise UnexpectedResponseError(
+                        f"{call.label}: the answer nests JSON deeper than can be read "
+                        f"({len(content)} bytes); {_INCOMPATIBLE}",
+                        status=status,
+                        endpoint=call.endpoint,
+                    ) from None
                 if data is _NOT_JSON:
                     what = self._describe_body(ctype, content)
                     if bad_bodies >= BAD_BODY_RETRIES or retries >= self.max_retries:
@@ -497,6 +557,70 @@ class GurubaseClient:
 
             self._raise_for_status(call, status, content, resp.headers.get("Location"))
 
+    def _read_body(self, call: _Call, resp: requests.Response, started: float) -> bytes:
+        """The whole body, read in pieces so the request deadline holds against a trickle, and
+        decompressed here so the size cap counts what gzip expands to (a bomb stops early)."""
+        cap = call.max_bytes or self.max_body_bytes
+        encoding = resp.headers.get("Content-Encoding", "").strip().lower()
+        if encoding in ("", "identity"):
+            decoder = None
+        elif encoding in ("gzip", "x-gzip", "deflate"):
+            decoder = zlib.decompressobj(zlib.MAX_WBITS | 32)  # zlib or gzip header
+        else:
+            raise UnexpectedResponseError(
+                f"{call.label}: the answer uses Content-Encoding {self._clean(encoding, 40)!r}, "
+                f"not gzip or deflate as asked; {_INCOMPATIBLE}",
+                status=resp.status_code,
+                endpoint=call.endpoint,
+            )
+        length = resp.headers.get("Content-Length", "").strip()
+        if decoder is None and length.isdigit() and int(length) > cap:
+            raise self._too_large(call, resp.status_code, f"{int(length)} bytes announced")
+        raw = resp.raw
+        read = getattr(raw, "read1", None) or raw.read  # read1: return what has arrived
+        out = bytearray()
+        while True:
+            if self._monotonic() - started > self.deadline:
+                raise _DeadlinePassed
+            try:
+                chunk = read(_READ_CHUNK, decode_content=False)
+            except urllib3.exceptions.HTTPError as exc:
+                # urllib3's own errors (requests wraps them only in iter_content): the same
+                # names as a non-streamed read gives
+                raise _requests_error(exc) from exc
+            if not chunk:
+                break
+            if decoder is None:
+                out += chunk
+            else:
+                try:
+                    while chunk:
+                        out += decoder.decompress(chunk, cap + 1 - len(out))
+                        if len(out) > cap:
+                            break
+                        chunk = decoder.unconsumed_tail
+                except zlib.error:
+                    # a broken stream: hand the bytes on, the JSON check reports them
+                    return bytes(out) + chunk
+            if len(out) > cap:
+                raise self._too_large(call, resp.status_code, f"over {cap} bytes")
+        if decoder is not None:
+            with contextlib.suppress(zlib.error):  # truncated: the JSON check reports it
+                out += decoder.flush()
+            if len(out) > cap:
+                raise self._too_large(call, resp.status_code, f"over {cap} bytes")
+        return bytes(out)
+
+    def _too_large(self, call: _Call, status: int, size: str) -> ResponseTooLargeError:
+        cap = call.max_bytes or self.max_body_bytes
+        return ResponseTooLargeError(
+            f"{call.label}: the answer is too large ({size}, the cap is {cap} "
+            "bytes after decompression); no real page is: check the base URL, or raise "
+            "max_body_bytes if this server is trusted",
+            status=status,
+            endpoint=call.endpoint,
+        )
+
     def _wait_for_slot(self, call: _Call) -> None:
         """Wait for the limiter (window or a pending retry wait), logging why and how long."""
         delay = self.limiter.next_delay()
@@ -549,15 +673,24 @@ class GurubaseClient:
         if header is not None and header.strip():
             text = header.strip()
             try:
-                return float(text)
+                seconds = float(text)
             except ValueError:
-                pass
+                seconds = None
+            if seconds is not None:
+                # nan and inf are no hint at all (nan slipped past the floor); a negative one
+                # is a hint of "now" and gets the floor like 0 does
+                return seconds if math.isfinite(seconds) else self._body_hint(body)
             try:
                 when = parsedate_to_datetime(text)
             except (TypeError, ValueError, IndexError):
                 when = None
             if when is not None and when.tzinfo is not None:
                 return (when - self._clock()).total_seconds()
+        return self._body_hint(body)
+
+    @staticmethod
+    def _body_hint(body: bytes) -> float | None:
+        """Seconds from a 429 body's "Expected available in N seconds", if it says so."""
         match = _BODY_SECONDS.search(body[:4096].decode("utf-8", "replace"))
         return float(match.group(1)) if match else None
 
@@ -644,7 +777,7 @@ class GurubaseClient:
         """The ``msg``/``detail`` of a JSON error body, cleaned; None if not JSON."""
         try:
             data = json.loads(content)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return None
         if isinstance(data, dict):
             for name in ("msg", "detail", "message", "error"):
@@ -670,7 +803,8 @@ class GurubaseClient:
     def _clean(self, text: str, limit: int) -> str:
         """One line, no control characters, the key masked, at most ``limit`` characters."""
         text = str(text).replace(self._key, mask_key(self._key))
-        text = " ".join(_CONTROL.sub(" ", text).split())
+        # lone surrogates cannot be encoded: the message would not reach the run ledger
+        text = " ".join(_CONTROL.sub(" ", _SURROGATE.sub(_REPLACEMENT, text)).split())
         return text if len(text) <= limit else text[: limit - 1] + "…"
 
     # --- parsing -----------------------------------------------------------------------
@@ -713,9 +847,12 @@ class GurubaseClient:
             return None
         try:
             return parse_api_timestamp(raw)
-        except ValueError:
+        except ValueError as exc:
+            problem = "is outside the years 1-9999" if "outside the years" in str(exc) else (
+                "is not an ISO 8601 UTC timestamp"
+            )
             raise self._shape_error(
-                call, where, f"is not an ISO 8601 UTC timestamp ({self._clean(raw, 40)!r})"
+                call, where, f"{problem} ({self._clean(raw, 40)!r})"
             ) from None
 
     def _parse_page(self, call: _Call, data: dict[str, Any], page_num: int) -> Page:
@@ -727,6 +864,12 @@ class GurubaseClient:
                 where = f"{group}[{i}]"
                 if not isinstance(item, dict):
                     raise self._shape_error(call, where, f"is {_json_type(item)}, expected object")
+                item, repaired = _repair_text(item)
+                if repaired:
+                    self._log.warning(
+                        "%s: %s had undecodable text in %s; stored with U+FFFD",
+                        call.label, where, ", ".join(repaired),
+                    )
                 sid = self._get(call, item, "id", f"{where}.id", (str,), required=True)
                 if not sid:
                     raise self._shape_error(call, f"{where}.id", "is empty")
@@ -743,12 +886,18 @@ class GurubaseClient:
                         last_used=last_used,  # type: ignore[arg-type]  # required=True
                         group=group,
                         extra={k: v for k, v in item.items() if k not in _SESSION_FIELDS},
+                        repaired=repaired,
                         **text,
                     )
                 )
         return Page(page_num=page_num, has_more=has_more, sessions=sessions)
 
     def _parse_conversation(self, call: _Call, data: dict[str, Any]) -> Conversation:
+        # repair the top-level fields here; each message is repaired (and noted) below
+        has_messages, messages_field = "conversation" in data, data.get("conversation")
+        data, _ = _repair_text({k: v for k, v in data.items() if k != "conversation"})
+        if has_messages:
+            data["conversation"] = messages_field
         binge_id = self._get(call, data, "binge_id", "binge_id", (str,), required=False)
         items = self._get(call, data, "conversation", "conversation", (list,), required=True)
         messages: list[Message] = []
@@ -756,6 +905,7 @@ class GurubaseClient:
             where = f"conversation[{i}]"
             if not isinstance(item, dict):
                 raise self._shape_error(call, where, f"is {_json_type(item)}, expected object")
+            item, repaired = _repair_text(item)
             mid = self._get(call, item, "id", f"{where}.id", (str, int), required=True)
             refs = self._get(
                 call, item, "references", f"{where}.references", (list,), required=False
@@ -769,6 +919,14 @@ class GurubaseClient:
                         call, f"{where}.trust_score", f"is {score!r}, expected a whole number"
                     )
                 score = int(score)
+            if score is not None and not 0 <= score <= 100:
+                # out of the documented 0-100 (10**30 would not even fit a column): keep the
+                # message without it rather than block this session's messages for ever
+                self._log.warning(
+                    "%s: %s.trust_score %s is outside 0-100; stored as missing",
+                    call.label, where, self._clean(str(score), 40),
+                )
+                score, repaired = None, (*repaired, "trust_score")
             strings = {
                 name: self._get(call, item, name, f"{where}.{name}", (str,), required=False)
                 for name in (
@@ -793,6 +951,7 @@ class GurubaseClient:
                     trust_score=score,
                     n_references=len(refs) if refs is not None else None,
                     extra={k: v for k, v in item.items() if k not in _MESSAGE_FIELDS},
+                    repaired=repaired,
                     **strings,
                 )
             )
@@ -827,6 +986,58 @@ __all__ = [
 
 class _NoExportData(NotFoundError):
     """Export Analytics' 404 ``No data found to export``: an empty interval, not an error."""
+
+
+def _requests_error(exc: urllib3.exceptions.HTTPError) -> requests.exceptions.RequestException:
+    """The requests exception a non-streamed read raises for this urllib3 error."""
+    if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
+        return requests.exceptions.ReadTimeout(exc)
+    if isinstance(exc, urllib3.exceptions.SSLError):
+        return requests.exceptions.SSLError(exc)
+    if isinstance(exc, urllib3.exceptions.ProtocolError):
+        return requests.exceptions.ChunkedEncodingError(exc)
+    return requests.exceptions.ConnectionError(exc)
+
+
+class _DeadlinePassed(Exception):
+    """Internal: the body was still arriving when the whole-request deadline passed."""
+
+
+def _repair_text(item: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """``item`` with lone UTF-16 surrogates (JSON ``"\\ud800"``: no character, cannot be
+    stored or encoded) replaced by U+FFFD, and the names of the fields that had them. The
+    server's data cannot be fixed by the user; one bad title must not block every sync."""
+    repaired = tuple(k for k, v in item.items() if _has_surrogate(v))
+    if not repaired:
+        return item, ()
+    return {k: _replace_surrogates(v) if k in repaired else v for k, v in item.items()}, repaired
+
+
+def _has_surrogate(value: Any) -> bool:
+    """Whether any string in ``value`` (keys included) holds a lone surrogate. A loop, not
+    recursion: a field nested as deep as JSON allows must not overflow the stack here."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if not v.isascii() and _SURROGATE.search(v) is not None:
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v)
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
+
+
+def _replace_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SURROGATE.sub(_REPLACEMENT, value)
+    # nested: through JSON text, whose C codec handles any depth the decoder accepted
+    text = json.dumps(value, ensure_ascii=False)
+    return json.loads(_SURROGATE.sub(_REPLACEMENT, text))
+
+
 
 
 def _check_base_url(url: str) -> str:

@@ -14,11 +14,15 @@ do next, and never contains an API key (at most its last four characters)::
     │   ├── RateLimitedError        429 kept coming after the retry budget was spent
     │   ├── ServerError             5xx kept coming after the retry budget was spent
     │   └── UnexpectedResponseError 200 with HTML, malformed JSON, missing or mistyped fields
+    │       ├── EndlessListingError pages kept saying has_more but brought nothing new
+    │       └── ResponseTooLargeError a body over the size cap (after decompression)
     ├── TransportError              connection refused/dropped or timed out after retries
+    │   └── DeadlineError           an answer did not finish within the whole-request deadline
     ├── CacheError                  the DuckDB cache cannot be used
     │   ├── CacheLockedError        another process holds the write lock
     │   └── CacheSchemaError        the file is not a cache, or is newer than this package
-    └── NoDataError                 the cache holds nothing for what was asked
+    ├── NoDataError                 the cache holds nothing for what was asked
+    └── OutputError                 a report, chart or stdout cannot be written (OSError)
 """
 
 from __future__ import annotations
@@ -84,8 +88,20 @@ class UnexpectedResponseError(ApiError):
     """A 2xx answer whose body is not the documented JSON (HTML, malformed, wrong fields)."""
 
 
+class EndlessListingError(UnexpectedResponseError):
+    """A listing kept answering ``has_more`` with pages that brought no session not seen."""
+
+
+class ResponseTooLargeError(UnexpectedResponseError):
+    """An answer's body (decompressed) exceeded the client's size cap."""
+
+
 class TransportError(GuruAnalyticsError):
     """No usable HTTP answer: connection refused or dropped, or timeouts, after retries."""
+
+
+class DeadlineError(TransportError):
+    """An answer kept trickling past the whole-request deadline (after retries)."""
 
 
 class CacheError(GuruAnalyticsError):
@@ -102,6 +118,28 @@ class CacheSchemaError(CacheError):
 
 class NoDataError(GuruAnalyticsError, LookupError):
     """The cache holds nothing for the guru, users or time range asked for."""
+
+
+class OutputError(GuruAnalyticsError, OSError):
+    """An output file (report, chart) or stdout cannot be written: no directory, no
+    permission, read-only file system, full disk."""
+
+    @classmethod
+    def writing(cls, target: object, exc: BaseException) -> OutputError:
+        """The one message for a failed write of ``target`` (a path, or ``-`` for stdout)."""
+        what = "standard output" if str(target) == "-" else str(target)
+        if isinstance(exc, OSError) and exc.strerror:
+            reason = exc.strerror
+        else:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        err = cls(
+            f"cannot write {what}: {reason}: choose another -o path, or free space / fix "
+            "permissions and run again"
+        )
+        err.target = str(target)
+        return err
+
+    target: str = ""
 
 
 def mask_key(key: str | None) -> str:

@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,13 +29,13 @@ import pandas as pd
 from . import catalog
 from .checks import guru_slug
 from .errors import CacheError, ConfigError, mask_key
-from .ratelimit import SlidingWindowLimiter
 from .timestamps import check_tz, utc_now
 
 if TYPE_CHECKING:
     import requests
     from matplotlib.axes import Axes
 
+    from .progress import ProgressCallback
     from .server import LocalGurubase
     from .sync import SyncSummary
     from .widgets import Dashboard
@@ -84,24 +84,6 @@ class CacheStatus:
             f"{self.sessions:,} sessions, {self.users:,} users{msgs}, {self.span}, "
             f"last sync {self.last_sync}"
         )
-
-
-class _ReportingLimiter(SlidingWindowLimiter):
-    """The client's limiter, also telling ``on_request(n)`` as the n-th request starts (the
-    dashboard's progress bar): retries count, because they are requests too."""
-
-    def __init__(
-        self, rate_limit: int | None, rate_window: float, on_request: Callable[[int], None]
-    ) -> None:
-        super().__init__(rate_limit, rate_window)
-        self._on_request = on_request
-        self.count = 0
-
-    def acquire(self) -> float:
-        delay = super().acquire()
-        self.count += 1
-        self._on_request(self.count)
-        return delay
 
 
 class Guru:
@@ -256,19 +238,7 @@ class Guru:
         """Counts, data span and last sync of this guru in the cache (no API call)."""
         if self._store is None and not self.db.is_file():
             return CacheStatus(self.slug, str(self.db), exists=False)
-        info = self.store.summary(self.slug)
-        with self.reader() as con:
-            first, last = con.execute(
-                """SELECT min(ts), max(ts) FROM (
-                       SELECT o.last_used AS ts FROM observations o
-                       JOIN sessions s ON s.guru = o.guru AND s.id = o.id
-                       WHERE o.guru = $g AND NOT s.deleted
-                       UNION ALL
-                       SELECT m.date_created FROM messages m
-                       JOIN sessions s ON s.guru = m.guru AND s.id = m.session_id
-                       WHERE m.guru = $g AND NOT s.deleted)""",
-                {"g": self.slug},
-            ).fetchone() or (None, None)
+        info = self.store.status(self.slug)
         return CacheStatus(
             slug=self.slug,
             path=str(self.db),
@@ -278,8 +248,8 @@ class Guru:
             users=info["users"],
             messages=info["messages"],
             pending_messages=info["pending_messages"],
-            first_event=_utc_or_none(first),
-            last_event=_utc_or_none(last),
+            first_event=info["first_event"],
+            last_event=info["last_event"],
             last_run=info["last_run"],
         )
 
@@ -309,17 +279,19 @@ class Guru:
         messages: bool = False,
         max_requests: int | None = None,
         progress: bool | None = None,
-        on_request: Callable[[int], None] | None = None,
+        on_progress: ProgressCallback | None = None,
         questions: bool = False,
     ) -> SyncSummary:
-        """Bring the cache up to date: the guru-wide listing, then one listing per user.
+        """Bring the cache up to date: the guru-wide listing and one listing per user, in one
+        run with one summary (``sync.sync``).
 
-        ``users`` defaults to the ids given at construction (``[]`` = none). ``messages``
-        then fetches the conversations of new or changed sessions (one request each, at most
+        ``users`` defaults to the ids given at construction (``[]`` = none);
+        ``guru_wide=False`` reads only their listings (a partial cache). ``messages`` then
+        fetches the conversations of new or changed sessions (one request each, at most
         ``max_requests``). ``questions`` stores every question since the last export (one
-        Export Analytics request, guru-wide, with the first step). ``on_request(n)`` is
-        called at the start of the n-th request.
-        The first run reads everything; later runs stop at what the cache already has.
+        Export Analytics request, guru-wide, after the listings). ``on_progress(SyncProgress)``
+        hears every page, answer, the export and each wait second. The first run reads
+        everything; later runs stop at what the cache has.
         """
         from .client import GurubaseClient
         from .sync import sync as run_sync
@@ -329,11 +301,6 @@ class Guru:
         user_list = list(dict.fromkeys(self.users_to_sync if users is None else users))
         if not guru_wide and not user_list:
             raise ConfigError("nothing to sync: pass users=[...] or keep guru_wide=True")
-        limiter = (
-            _ReportingLimiter(self.rate_limit, self.rate_window, on_request)
-            if on_request is not None
-            else None
-        )
         client = GurubaseClient(
             self._api_key,
             self.base_url,
@@ -343,33 +310,25 @@ class Guru:
             timeout=self.timeout,
             max_retries=self.max_retries,
             clock=self._clock,
-            limiter=limiter,
         )
-        steps: list[list[str] | None] = ([None] if guru_wide else []) + (
-            [user_list] if user_list else []
-        )
-        summaries: list[SyncSummary] = []
         try:
-            for i, step in enumerate(steps):
-                last = i == len(steps) - 1
-                summaries.append(
-                    run_sync(
-                        self.slug,
-                        client=client,
-                        store=self.store,
-                        users=step,
-                        search=search,
-                        full=full,
-                        messages=messages and last,
-                        questions=questions and i == 0,
-                        max_requests=max_requests if last else None,
-                        progress=progress,
-                        clock=self._clock,
-                    )
-                )
+            return run_sync(
+                self.slug,
+                client=client,
+                store=self.store,
+                users=user_list or None,
+                guru_wide=guru_wide,
+                search=search,
+                full=full,
+                messages=messages,
+                questions=questions,
+                max_requests=max_requests,
+                progress=progress,
+                on_progress=on_progress,
+                clock=self._clock,
+            )
         finally:
             client.close()
-        return _merge(summaries)
 
     # --- frames (read the cache, never fetch) ---
 
@@ -612,36 +571,3 @@ def _stop_local(srv: LocalGurubase, tmpdir: str | None) -> None:
     srv.stop()
     if tmpdir is not None:
         shutil.rmtree(tmpdir, ignore_errors=True)
-
-
-def _utc_or_none(value: Any) -> datetime | None:
-    if value is None or value is pd.NaT:
-        return None
-    return pd.Timestamp(value).tz_convert("UTC").to_pydatetime()
-
-
-def _merge(summaries: Sequence[SyncSummary]) -> SyncSummary:
-    """One summary for the guru-wide and per-user syncs of one ``Guru.sync`` call."""
-    if len(summaries) == 1:
-        return summaries[0]
-    from .sync import SyncSummary
-
-    first = summaries[0]
-    modes = {s.mode for s in summaries}
-    mode = "resume" if "resume" in modes else "full" if "full" in modes else "incremental"
-    outcome = next((s.outcome for s in summaries if s.outcome != "ok"), "ok")
-    merged = SyncSummary(
-        guru=first.guru, mode=mode, listings=[k for s in summaries for k in s.listings]
-    )
-    for name in (
-        "requests", "throttled", "retries", "pages", "sessions_new", "sessions_changed",
-        "sessions_deleted", "tie_rereads", "top_ups", "verified", "unverified", "messages_fetched",
-        "questions_exported", "questions_new",
-    ):  # fmt: skip
-        setattr(merged, name, sum(getattr(s, name) for s in summaries))
-    merged.messages_remaining = summaries[-1].messages_remaining
-    merged.seconds = sum(s.seconds for s in summaries)
-    merged.outcome = outcome
-    merged.run_id = summaries[-1].run_id
-    merged.notes = [n for s in summaries for n in s.notes]
-    return merged

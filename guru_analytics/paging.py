@@ -21,10 +21,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from .errors import ConfigError
+from .errors import ConfigError, EndlessListingError
 
 # Re-reads allowed per page boundary inside a tie group (a group over k+1 pages gets k×this).
 DEFAULT_TIE_REREAD_BUDGET = 8
+# Forward pages in a row that may bring nothing new (empty, or only rows already passed)
+# before a listing is declared endless: this many, plus half the pages that did bring
+# something. Sessions without a first question are cut after the page, so a real listing
+# can show a few empty pages in a row; a server repeating itself cannot keep going for ever.
+STALL_SLACK = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +132,7 @@ class PassStats:
     tie_members_missing: int = 0
     empty_pages: int = 0
     shift_duplicates: int = 0
+    stale_pages: int = 0
 
 
 @dataclass
@@ -142,6 +148,9 @@ class Pass:
       for a resumed pass); the next top-up pass stops below it.
     - ``remember_ids``: keep ``seen`` (id → newest ``last_used``). Off, memory stays flat
       for any listing size (counters, gaps and tie groups only).
+    - A forward page brings something new when it holds a row below the oldest one passed
+      so far (or a tie member not seen at that instant). ``stall_slack`` + half the pages
+      that did are allowed in a row without; one more raises ``EndlessListingError``.
     """
 
     stop_below: datetime | None = None
@@ -149,6 +158,7 @@ class Pass:
     top: datetime | None = None
     tie_reread_budget: int = DEFAULT_TIE_REREAD_BUDGET
     remember_ids: bool = True
+    stall_slack: int = STALL_SLACK
     stats: PassStats = field(default_factory=PassStats)
     seen: dict[str, datetime] = field(default_factory=dict)
     gaps: list[Gap] = field(default_factory=list)
@@ -162,6 +172,8 @@ class Pass:
             raise ConfigError(f"start_page {self.start_page} is not valid: pages start at 1")
         if self.tie_reread_budget < 0:
             raise ConfigError("tie_reread_budget must be 0 or more")
+        if self.stall_slack < 0:
+            raise ConfigError("stall_slack must be 0 or more")
         self._next_forward = self.start_page
         self._anchor: _Anchor | None = None
         self._open: TieSpan | None = None
@@ -172,6 +184,12 @@ class Pass:
         # Set once this listing shows two sessions sharing a last_used: from then on a lone
         # repeated row at a boundary may be a two-member tie and is re-read, not assumed.
         self._ties_seen = False
+        # The forward walk's frontier: the oldest last_used passed so far and the ids seen
+        # at exactly that instant (a tie group's size at most), to tell progress from repeats.
+        self._frontier: datetime | None = None
+        self._frontier_ids: set[str] = set()
+        self._progress_pages = 0
+        self._stale_from: int | None = None
 
     # --- driving ----------------------------------------------------------------------
 
@@ -180,17 +198,14 @@ class Pass:
         return self.forward_done and not self._resolving
 
     @property
-    def next_forward(self) -> int:
-        """The next page of the forward walk (not counting re-reads)."""
-        return self._next_forward
-
-    @property
     def resume_page(self) -> int:
         """The first page not fully settled: an unresolved tie group's first page, else the next
         forward page. Persist this so a killed pass can resume without losing a tie group."""
         pages = [s.pages[0] for s in self._resolving]
         if self._open is not None:
             pages.append(self._open.pages[0])
+        if self._stale_from is not None:
+            pages.append(self._stale_from)  # do not carry a run of empty repeats over a restart
         return min([*pages, self._next_forward])
 
     def next_page(self) -> int | None:
@@ -257,6 +272,7 @@ class Pass:
         self.stats.pages += 1
         self._next_forward = view.page_num + 1
         rows = view.rows
+        self._check_progress(view)
         if rows and not self._ties_seen:
             self._ties_seen = len({r.last_used for r in rows}) < len({r.id for r in rows})
         if rows:
@@ -278,6 +294,35 @@ class Pass:
             self.forward_done = True
             if self._open is not None:
                 self._close(self._open)
+
+    def _check_progress(self, view: PageView) -> None:
+        """Count forward pages that bring nothing new; raise once a run of them outgrows what
+        the listing has shown (a server repeating a page or sending empty pages for ever)."""
+        new = False
+        for r in view.rows:
+            if self._frontier is None or r.last_used < self._frontier:
+                self._frontier, self._frontier_ids = r.last_used, {r.id}
+                new = True
+            elif r.last_used == self._frontier and r.id not in self._frontier_ids:
+                self._frontier_ids.add(r.id)
+                new = True
+        if new or not view.has_more:
+            self._progress_pages += new
+            self._stale_from = None
+            return
+        self.stats.stale_pages += 1
+        if self._stale_from is None:
+            self._stale_from = view.page_num
+        run = view.page_num - self._stale_from + 1
+        allowed = self.stall_slack + self._progress_pages // 2
+        if run > allowed:
+            raise EndlessListingError(
+                f"the listing kept answering has_more=true for {run} pages in a row (pages "
+                f"{self._stale_from}-{view.page_num}) without a session it had not shown "
+                "already; stopped so the sync does not run for ever: check the base URL, or "
+                "report the server's behaviour",
+                status=200,
+            )
 
     def _boundary(self, page: int, rows: Sequence[Row], newest: datetime, oldest: datetime) -> None:
         """Record the gap to the previous non-empty page and follow tie groups across it."""

@@ -33,7 +33,7 @@ from matplotlib.ticker import MaxNLocator
 
 from . import catalog, frames
 from .checks import whole_number
-from .errors import ConfigError, NoDataError
+from .errors import ConfigError, NoDataError, OutputError
 from .reports import atomic_write
 from .store import UNATTRIBUTED
 
@@ -590,7 +590,10 @@ def save(target: Axes | Figure, path: str | os.PathLike[str], *, dpi: int = 120)
     fig = target if isinstance(target, Figure) else target.figure
     if not isinstance(fig, Figure):
         raise ConfigError("save() needs a matplotlib Axes or Figure")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out) as tmp:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # no permission, read-only file system
+        raise OutputError.writing(out, exc) from exc
+    with atomic_write(out) as tmp:  # a full disk while writing is an OutputError too
         fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
     return out

@@ -34,3 +34,63 @@ class ProgressCallback(Protocol):
     """What ``sync(on_progress=...)`` calls; raising from it aborts the sync like any error."""
 
     def __call__(self, progress: SyncProgress, /) -> None: ...
+
+
+class TqdmProgress:
+    """The CLI's and notebooks' bar (``tqdm.auto``): one consumer of ``SyncProgress``.
+
+    It shows what the report says (requests of the estimated total, the pace, the ETA, a
+    wait's countdown) and computes nothing of its own; tqdm is imported only when a bar is made.
+    """
+
+    _KNOWN = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} req [{elapsed}{postfix}]"
+    _UNKNOWN = "{desc}: {n_fmt} req [{elapsed}{postfix}]"
+
+    def __init__(self) -> None:
+        from tqdm.auto import tqdm  # heavy-ish: only when a bar is wanted
+
+        self._bar = tqdm(total=None, bar_format=self._UNKNOWN, dynamic_ncols=True, leave=True)
+        self._closed = False
+
+    def __call__(self, progress: SyncProgress, /) -> None:
+        if self._closed:
+            return
+        bar = self._bar
+        if progress.total_requests is not None:
+            bar.total = progress.total_requests
+            bar.bar_format = self._KNOWN
+        bar.n = progress.requests
+        bar.set_description_str(progress.listing or progress.phase, refresh=False)
+        bar.set_postfix_str(describe(progress), refresh=True)
+        if progress.phase == "done":
+            self.close()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._bar.close()
+
+
+def describe(progress: SyncProgress) -> str:
+    """The report as a short line: sessions, pace, ETA or the wait's countdown."""
+    parts = [f"{progress.sessions:,} sessions", f"{progress.pages:,} pages"]
+    if progress.seconds_per_request is not None:
+        parts.append(f"≈{progress.seconds_per_request:.1f} s/request")
+    if progress.phase == "wait":
+        parts.append(f"waiting {progress.wait_seconds:.0f} s")
+    if progress.eta_seconds is not None and progress.phase != "done":
+        parts.append(f"ETA {_duration(progress.eta_seconds)}")
+    elif progress.total_requests is None and progress.phase != "done":
+        parts.append("total unknown (first sync)")
+    return ", ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"

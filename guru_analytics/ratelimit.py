@@ -13,9 +13,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from .errors import ConfigError
+
+# With a tick observer, waits are slept in slices of at most this many seconds, each slice
+# announced with the seconds left (a progress bar counts down).
+TICK_SECONDS = 1.0
 
 
 class SlidingWindowLimiter:
@@ -24,6 +29,10 @@ class SlidingWindowLimiter:
     ``defer_until(t)`` is honoured even when pacing is disabled: it carries a server-given
     wait (Retry-After) or a retry backoff to the next start, so every wait goes through
     ``acquire()`` in one place.
+
+    Observers (``observe``) hear of every wait: ``on_wait(seconds)`` once before it starts
+    (the sync commits its buffered pages and releases the cache file there), ``on_tick(left)``
+    before each slice of at most ``TICK_SECONDS`` (a countdown for progress bars).
     """
 
     def __init__(
@@ -51,14 +60,41 @@ class SlidingWindowLimiter:
         self._starts: deque[float] = deque(maxlen=max_requests or 1)
         self._not_before = float("-inf")
         self._lock = threading.Lock()
-        # Called with the delay just before any wait (pacing, Retry-After, backoff): sync uses
-        # it to release the cache file so notebook readers can read during the pause.
-        self.before_wait: Callable[[float], None] | None = None
+        self._on_wait: list[Callable[[float], None]] = []
+        self._on_tick: list[Callable[[float], None]] = []
 
     def __repr__(self) -> str:
         if self.max_requests is None:
             return "SlidingWindowLimiter(disabled)"
         return f"SlidingWindowLimiter({self.max_requests} per {self.window:g} s)"
+
+    @property
+    def seconds_per_request(self) -> float | None:
+        """The pace the window allows on average (``window / max_requests``: 10 per 60 s is
+        6.0), None when pacing is off."""
+        return None if self.max_requests is None else self.window / self.max_requests
+
+    @contextmanager
+    def observe(
+        self,
+        on_wait: Callable[[float], None] | None = None,
+        on_tick: Callable[[float], None] | None = None,
+    ) -> Iterator[None]:
+        """Call ``on_wait(seconds)`` before each wait and ``on_tick(left)`` before each slice
+        of it, for the length of the block. An observer that raises aborts the wait."""
+        with self._lock:
+            if on_wait is not None:
+                self._on_wait.append(on_wait)
+            if on_tick is not None:
+                self._on_tick.append(on_tick)
+        try:
+            yield
+        finally:
+            with self._lock:
+                if on_wait is not None:
+                    self._on_wait.remove(on_wait)
+                if on_tick is not None:
+                    self._on_tick.remove(on_tick)
 
     def _earliest(self) -> float:
         """The first instant a new start is allowed (may lie in the past)."""
@@ -97,11 +133,21 @@ class SlidingWindowLimiter:
             start = max(now, self._earliest())
             if self.max_requests is not None:
                 self._starts.append(start)
+            on_wait, on_tick = list(self._on_wait), list(self._on_tick)
         delay = start - now
         if delay > 0:
-            if self.before_wait is not None:
-                self.before_wait(delay)
-            self._sleep(delay)
+            for observer in on_wait:
+                observer(delay)
+            if not on_tick:
+                self._sleep(delay)
+                return delay
+            left = delay
+            while left > 0:  # planned slices, not clock reads: exact with a fake sleep
+                for observer in on_tick:
+                    observer(left)
+                step = min(TICK_SECONDS, left)
+                self._sleep(step)
+                left -= step
         return delay
 
     def finish(self) -> None:
@@ -114,8 +160,3 @@ class SlidingWindowLimiter:
         with self._lock:
             if self._starts:
                 self._starts[-1] = max(self._starts[-1], self._monotonic())
-
-    def starts(self) -> list[float]:
-        """The recorded start times still inside the window's memory (oldest first)."""
-        with self._lock:
-            return list(self._starts)

@@ -11,8 +11,11 @@ CSV rules, so a file opens safely in a spreadsheet and reads back with ``pandas.
   missing: read back with ``pd.to_datetime(col, utc=True, format="ISO8601")``;
 - numbers as numbers (floats with full precision), booleans as ``True``/``False``;
 - text cells a spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``, ``@``,
-  tab or carriage return) get a leading ``'``. Session titles come from end users; this is
-  the one deliberate change to a value.
+  tab or carriage return) get a leading ``'``, and so does such text right after a line
+  break inside a cell (an importer that splits there must not find a formula). Session
+  titles come from end users; this is the one deliberate change to a value;
+- rows end in CRLF (RFC 4180), so every cell holding a CR or LF is quoted: with ``\n`` row
+  ends the csv module leaves a lone CR unquoted and a reader starts a new row there.
 
 Parquet keeps types; timestamps are stored as UTC instants (the zone is not kept).
 An empty result raises ``NoDataError`` and writes nothing, and every file is written to a
@@ -22,6 +25,7 @@ temporary name first and renamed, so a failure never leaves a file that looks li
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -32,17 +36,28 @@ import duckdb
 import pandas as pd
 
 from . import frames
-from .errors import ConfigError, NoDataError
+from .errors import ConfigError, NoDataError, OutputError
 
 REPORTS: tuple[str, ...] = tuple(frames.FRAMES)
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# A formula start right after a line break inside a cell (the break itself is kept).
+_FORMULA_AFTER_BREAK = re.compile(r"([\r\n])(?=[=+\-@\t])")
+# Rows end in CRLF: the csv module quotes a field holding any line-terminator character.
+CSV_LINE_END = "\r\n"
 
 
 def neutralize(s: pd.Series) -> pd.Series:
-    """Prefix text cells that a spreadsheet would evaluate as a formula with ``'``."""
+    """Prefix text that a spreadsheet would evaluate as a formula with ``'``: at the start of
+    a cell, and after every line break inside one."""
     text = s.astype("str")
-    risky = text.str.startswith(FORMULA_PREFIXES) & s.notna()
-    return s.where(~risky, "'" + text)
+    present = s.notna()
+    risky = text.str.startswith(FORMULA_PREFIXES) & present
+    broken = text.str.contains("[\r\n]", regex=True) & present
+    if not (risky | broken).any():
+        return s
+    fixed = text.where(~broken, text.str.replace(_FORMULA_AFTER_BREAK, r"\1'", regex=True))
+    fixed = fixed.where(~risky, "'" + fixed)
+    return s.where(~(risky | broken), fixed)
 
 
 def _iso(s: pd.Series) -> pd.Series:
@@ -75,10 +90,15 @@ def write_csv(
     """Write ``df`` as UTF-8 CSV to ``path`` (atomically), or to stdout when path is ``-``."""
     data = csv_frame(df)
     if str(path) == "-":
-        data.to_csv(stdout or sys.stdout, index=False, lineterminator="\n")
+        out = stdout or sys.stdout
+        try:
+            data.to_csv(out, index=False, lineterminator=CSV_LINE_END)
+            out.flush()
+        except OSError as exc:  # a closed pipe, a full disk behind a redirect
+            raise OutputError.writing("-", exc) from exc
         return
-    with _atomic(path) as tmp:
-        data.to_csv(tmp, index=False, encoding="utf-8", lineterminator="\n")
+    with atomic_write(path) as tmp:
+        data.to_csv(tmp, index=False, encoding="utf-8", lineterminator=CSV_LINE_END)
 
 
 def write_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
@@ -89,9 +109,12 @@ def write_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
     try:
         con.execute("SET TimeZone='UTC'")
         con.register("export_frame", data)
-        with _atomic(path) as tmp:
+        with atomic_write(path) as tmp:
             literal = str(tmp).replace("'", "''")
-            con.execute(f"COPY (SELECT * FROM export_frame) TO '{literal}' (FORMAT parquet)")
+            try:
+                con.execute(f"COPY (SELECT * FROM export_frame) TO '{literal}' (FORMAT parquet)")
+            except duckdb.IOException as exc:  # DuckDB's OSError: no space, no permission
+                raise OutputError.writing(path, exc) from exc
     finally:
         con.close()
 
@@ -109,21 +132,29 @@ class atomic_write:
         parent = self.path.parent
         if not parent.is_dir():
             raise ConfigError(f"cannot write {self.path}: directory {parent} does not exist")
-        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=parent)
-        os.close(fd)
-        os.unlink(name)  # DuckDB's COPY wants to create the file itself
+        try:
+            fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=parent)
+            os.close(fd)
+            os.unlink(name)  # DuckDB's COPY wants to create the file itself
+        except OSError as exc:  # no permission, read-only file system
+            raise OutputError.writing(self.path, exc) from exc
         self.tmp = Path(name)
         return self.tmp
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
         assert self.tmp is not None
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        elif self.tmp.exists():
-            self.tmp.unlink()
+        try:
+            if exc_type is None:
+                os.replace(self.tmp, self.path)
+                return False
+            if self.tmp.exists():
+                self.tmp.unlink()
+        except OSError as err:
+            raise OutputError.writing(self.path, err) from err
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            raise OutputError.writing(self.path, exc) from exc  # e.g. the disk filled up
+        return False
 
-
-_atomic = atomic_write
 
 
 def file_format(path: str | os.PathLike[str]) -> str:

@@ -1,13 +1,18 @@
 """Sync a guru's sessions into the cache: the only module that knows client *and* store.
 
-One sync walks one or more *listings* (guru-wide ``''``, per external user ``user:<id>``,
-per search ``search:<q>``; a user+search listing is ``user:<id>|search:<q>``). Each listing:
+One sync walks every *listing* asked for in one run with one summary: the guru-wide one
+(``''``, or ``search:<q>``) and one per given external user (``user:<id>``, or
+``user:<id>|search:<q>``); ``guru_wide=False`` skips the guru-wide one (a partial cache, and the
+summary says so). Each listing:
 
 1. resumes an interrupted pass (from the page before the last one written), or runs a full
    pass (first time, or ``full=True``), or an incremental pass that stops at the first row
    strictly older than the listing's committed watermark;
-2. writes every page as it arrives (one bulk upsert each) and records the pass's position,
-   so a kill loses at most one page of work; memory stays flat (no rows are kept);
+2. writes the pages (the client's typed rows, no DataFrame) in batches, each one transaction
+   with the pass's position: several pages per transaction when they arrive fast (every
+   ``BATCH_PAGES`` pages or ``BATCH_SECONDS``), and always before any wait, so a throttled
+   sync commits each page before sleeping and a kill loses at most one batch, which the
+   resume reads again; memory stays flat (no rows are kept, DuckDB's memory is capped);
 3. re-reads from page 1 down to the previous pass's top while the previous pass took more
    than one request (sessions touched or created meanwhile sit above that top; a one-request
    pass is an atomic snapshot), at most ``max_top_ups`` times;
@@ -21,38 +26,60 @@ With ``messages=True`` sessions that are new or changed since their messages wer
 get one Get Session each (newest first, at most ``max_requests`` requests).
 
 With ``questions=True`` (after the listings, before messages) one Export Analytics request
-stores every question since the last export (``sync_questions``).
+stores every question since the last export (``sync_questions``), committed at once.
+
+Progress reaches callers through ``on_progress`` (``progress.SyncProgress``, see the contract
+there) and pre-wait flushing through the limiter's observers; the tqdm bar is one consumer.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pandas as pd
 
 from .errors import ConfigError, GuruAnalyticsError, NotFoundError
 from .paging import DEFAULT_TIE_REREAD_BUDGET, PageView, Pass, Row
-from .store import LISTING_COLUMNS, MESSAGE_COLUMNS
+from .progress import Phase, ProgressCallback, SyncProgress, TqdmProgress
+from .store import LISTING_COLUMNS, MESSAGE_COLUMNS, ListedPage, SyncState
 from .timestamps import utc_now
 from .wire import export_range
 
 if TYPE_CHECKING:
-    from .client import Conversation, GurubaseClient, Message, Page
+    from .client import Conversation, GurubaseClient, Message
     from .store import QuestionWrite, Store
 
 _log = logging.getLogger("guru_analytics.sync")
 
 # Waits longer than this release the cache file first, so other processes can read it.
 RELEASE_BEFORE_WAIT = 1.0
+# Listing pages are committed this many to a transaction, or once the oldest buffered page is
+# this old, whichever comes first (and always before any wait). A transaction costs a few ms
+# whatever its size, so one per page dominated an unthrottled sync (measured in
+# benchmarks/throughput.py; 50 pages = 1,500 sessions, a fraction of a second of work).
+BATCH_PAGES = 50
+BATCH_SECONDS = 0.5
+# An unthrottled sync yields the cache file this often, so a reader gets in within seconds.
+YIELD_EVERY = 3.0
+# DuckDB settings of the sync's connection. One thread: a page batch is small, and every extra
+# thread keeps its own buffers (measured: ~40 MB less peak RSS at 100k sessions, about the same
+# speed). No memory_limit: DuckDB keeps a table's ART indexes resident and cannot evict them,
+# so a cap below the indexes' size fails the write with "Out of Memory" (seen at 100k sessions
+# with 32 MB) instead of bounding anything; benchmarks/scaling.py shows what remains.
+SYNC_SETTINGS = {"threads": "1"}
+# Sessions per listing page (the API's page size): the progress estimate of a full pass.
+PAGE_SIZE = 30
 DEFAULT_VERIFY_BUDGET = 20
 DEFAULT_MAX_TOP_UPS = 5
 # Pending message fetches are read from the cache this many at a time.
@@ -94,10 +121,9 @@ class SyncSummary:
     run_id: int | None = None
     notes: list[str] = field(default_factory=list)
 
-    def __str__(self) -> str:
-        names = _listings_text(self.listings)
+    def _rows(self) -> list[tuple[str, str]]:
         rows = [
-            ("listings", names),
+            ("listings", _listings_text(self.listings)),
             (
                 "requests",
                 f"{self.requests} (pages {self.pages}, tie re-reads {self.tie_rereads}, "
@@ -114,16 +140,42 @@ class SyncSummary:
                 f"{self.messages_fetched} sessions fetched, {self.messages_remaining} remaining",
             ),
         ]
-        if self.questions_exported or self.questions_new:
+        if self._questions_shown():
             rows.append(
                 ("questions", f"{self.questions_exported} exported, {self.questions_new} new")
             )
+        return rows
+
+    def _questions_shown(self) -> bool:
+        return bool(self.questions_exported or self.questions_new)
+
+    def _head(self) -> str:
         run = f"run {self.run_id}" if self.run_id is not None else "no run"
-        head = f"sync {self.guru}: {self.mode}, {self.outcome} ({run}, {self.seconds:.1f} s)"
+        return f"sync {self.guru}: {self.mode}, {self.outcome} ({run}, {self.seconds:.1f} s)"
+
+    def __str__(self) -> str:
+        rows = self._rows()
         width = max(len(k) for k, _ in rows)
-        lines = [head, *(f"  {k:<{width}}  {v}" for k, v in rows)]
+        lines = [self._head(), *(f"  {k:<{width}}  {v}" for k, v in rows)]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        """One line (a notebook cell ending in ``g.sync()`` shows this, not a field dump)."""
+        notes = f", {len(self.notes)} note(s)" if self.notes else ""
+        questions = f", {self.questions_new} new questions" if self._questions_shown() else ""
+        return (
+            f"<SyncSummary {self.guru}: {self.mode}, {self.outcome}, {self.requests} requests, "
+            f"{self.sessions_new} new, {self.sessions_changed} changed, "
+            f"{self.sessions_deleted} deleted{questions}{notes}>"
+        )
+
+    def _repr_html_(self) -> str:
+        """A small table for Jupyter."""
+        cell = "<tr><th style='text-align:left'>{}</th><td style='text-align:left'>{}</td></tr>"
+        body = "".join(cell.format(html.escape(k), html.escape(v)) for k, v in self._rows())
+        body += "".join(cell.format("note", html.escape(n)) for n in self.notes)
+        return f"<table><caption>{html.escape(self._head())}</caption>{body}</table>"
 
 
 def _listing_label(key: str) -> str:
@@ -154,15 +206,18 @@ class Listing:
         return self.external_user_id is None and not self.search_query
 
 
-def listings_for(users: Iterable[str] | None, search: str | None) -> list[Listing]:
-    """The listings a sync walks: one per user (or the guru-wide one), narrowed by search."""
+def listings_for(
+    users: Iterable[str] | None, search: str | None, *, guru_wide: bool = False
+) -> list[Listing]:
+    """The listings a sync walks, narrowed by search: the guru-wide one first when
+    ``guru_wide`` (or when ``users`` is None), then one per user."""
     query = _check_search(search)
     tail = f"search:{query}" if query else ""
     if users is None:
         return [Listing(tail, None, query)]
     if isinstance(users, str):
         raise ConfigError("users must be a list of external user ids, not one string")
-    out: list[Listing] = []
+    out: list[Listing] = [Listing(tail, None, query)] if guru_wide else []
     seen: set[str] = set()
     for user in users:
         if not isinstance(user, str) or not user.strip():
@@ -205,6 +260,170 @@ def read_users_file(path: str | Path) -> list[str]:
     return users
 
 
+# --- batching pages into transactions -------------------------------------------------------
+
+
+class _PageBatch:
+    """Pages read but not yet written, with the pass state they carry (see ``BATCH_PAGES``).
+
+    ``flush()`` writes them and the state in one transaction. The sync flushes when the
+    batch is due, before every wait (so a throttled sync commits each page before sleeping),
+    at the end of each listing and on errors; every ``YIELD_EVERY`` seconds of holding the
+    file it also yields it, so a reader started during a fast sync gets in.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        guru: str,
+        clock: Callable[[], datetime],
+        monotonic: Callable[[], float],
+        summary: SyncSummary,
+    ) -> None:
+        self.store = store
+        self.guru = guru
+        self.clock = clock
+        self.monotonic = monotonic
+        self.summary = summary
+        self.pages: list[ListedPage] = []
+        self.state: dict[str, dict[str, Any]] = {}
+        self.first: float | None = None  # when the oldest buffered page arrived
+        self.held_since: float | None = None  # when the file was last taken (None: released)
+
+    def add(self, listing: str, page: ListedPage | None, **state: Any) -> None:
+        if self.first is None:
+            self.first = self.monotonic()
+        if page is not None and page.rows:
+            self.pages.append(page)
+        if state:
+            self.state.setdefault(listing, {}).update(state)
+
+    def due(self) -> bool:
+        return self.first is not None and (
+            len(self.pages) >= BATCH_PAGES or self.monotonic() - self.first >= BATCH_SECONDS
+        )
+
+    def flush(self) -> None:
+        """Write what is buffered (the buffer is emptied first: pages a failed write loses
+        are read again by the resume), then yield the file if it was held long enough."""
+        if self.first is None:
+            return
+        pages, state = self.pages, self.state
+        self.pages, self.state, self.first = [], {}, None
+        written = self.store.write_pages(self.guru, pages, self.clock(), state)
+        self.summary.sessions_new += sum(w.new for w in written)
+        self.summary.sessions_changed += sum(w.changed for w in written)
+        now = self.monotonic()
+        if self.held_since is None:
+            self.held_since = now
+        elif now - self.held_since >= YIELD_EVERY:
+            self.store.yield_file()
+            self.held_since = None
+
+    def released(self) -> None:
+        """The file was released (before a wait): the hold starts again at the next write."""
+        self.held_since = None
+
+    def flush_after_error(self) -> None:
+        """Keep what was read when the sync fails; the first error is the one raised."""
+        try:
+            self.flush()
+        except GuruAnalyticsError as exc:
+            _log.warning("could not store the last pages read after an error: %s", exc)
+
+
+# --- progress -------------------------------------------------------------------------------
+
+
+class _Progress:
+    """Counts, pace and the run's estimated total, reported as ``SyncProgress``.
+
+    The total is known when the cache already holds the guru (incremental or ``--full``):
+    a full listing costs its cached size in pages plus a top-up, an incremental one at least
+    one request, messages one request per pending session. The fraction never goes back.
+    """
+
+    def __init__(
+        self,
+        client: GurubaseClient,
+        callbacks: Sequence[ProgressCallback],
+        monotonic: Callable[[], float],
+        base: tuple[int, int, int],
+    ) -> None:
+        self.client = client
+        self.callbacks = list(callbacks)
+        self.monotonic = monotonic
+        self.base = base
+        self.t0 = monotonic()
+        self.listing = ""
+        self.pages = 0
+        self.sessions = 0
+        self.total_sessions: int | None = None
+        self.plan: list[int] = []  # estimated requests of each listing not finished yet
+        self.current_start = 0  # requests when the current listing started
+        self.messages_planned = 0
+        self.questions_planned = 0  # the one export request, while it is still to come
+        self.known = False
+        self.fraction = 0.0
+
+    def requests(self) -> int:
+        return _counters(self.client)[0] - self.base[0]
+
+    def pace(self) -> float | None:
+        limiter = getattr(self.client, "limiter", None)
+        spr = getattr(limiter, "seconds_per_request", None)
+        if spr:
+            return float(spr)
+        done = self.requests()
+        return (self.monotonic() - self.t0) / done if done else None
+
+    def total(self) -> int | None:
+        if not self.known:
+            return None
+        done = self.requests()
+        remaining = sum(self.plan[1:]) + self.questions_planned + self.messages_planned
+        if self.plan:
+            remaining += max(1, self.plan[0] - (done - self.current_start))
+        return done + remaining
+
+    def emit(self, phase: Phase, wait: float = 0.0) -> None:
+        if not self.callbacks:
+            return
+        done = self.requests()
+        total = self.total() if phase != "done" else done
+        pace = self.pace()
+        if total is not None and total > 0:
+            self.fraction = max(self.fraction, min(1.0, done / total))
+        if phase == "done":
+            self.fraction = 1.0
+        eta = None
+        if total is not None and pace is not None:
+            eta = max(0.0, (total - done) * pace) + wait
+        report = SyncProgress(
+            phase=phase,
+            listing=self.listing if phase in ("listing", "wait") else "",
+            requests=done,
+            pages=self.pages,
+            sessions=self.sessions,
+            total_requests=total,
+            total_sessions=self.total_sessions,
+            seconds_per_request=pace,
+            eta_seconds=eta,
+            wait_seconds=max(0.0, wait) if phase == "wait" else 0.0,
+            fraction=self.fraction if total is not None or phase == "done" else None,
+        )
+        for callback in self.callbacks:
+            callback(report)
+
+    def start_listing(self, label: str) -> None:
+        self.listing = label
+        self.current_start = self.requests()
+
+    def end_listing(self) -> None:
+        if self.plan:
+            self.plan.pop(0)
+
+
 # --- the engine -----------------------------------------------------------------------------
 
 
@@ -212,11 +431,23 @@ def read_users_file(path: str | Path) -> list[str]:
 class _Plan:
     listing: Listing
     mode: str  # 'full' | 'incremental' | 'resume'
-    state: Any
+    state: SyncState | None
+
+
+class _CachedRow(NamedTuple):
+    """A cached session re-written with the ``last_used`` Get Session showed (``ListedRow``)."""
+
+    id: str
+    last_used: datetime
+    guru_type_name: str | None
+    root_question_name: str | None
+    root_question_slug: str | None
+    root_question_link: str | None
+    extra: str | None
 
 
 class _Syncer:
-    """State of one sync() call: the client, the store, counters and the progress bar."""
+    """State of one sync() call: the client, the store, counters, the page batch, progress."""
 
     def __init__(
         self,
@@ -225,7 +456,8 @@ class _Syncer:
         store: Store,
         clock: Callable[[], datetime],
         summary: SyncSummary,
-        bar: Any,
+        progress: _Progress,
+        batch: _PageBatch,
         verify_budget: int,
         tie_reread_budget: int,
         max_top_ups: int,
@@ -235,12 +467,12 @@ class _Syncer:
         self.store = store
         self.clock = clock
         self.summary = summary
-        self.bar = bar
+        self.progress = progress
+        self.batch = batch
         self.verify_budget = verify_budget
         self.tie_reread_budget = tie_reread_budget
         self.max_top_ups = max_top_ups
-        self.base = _counters(client)
-        self.chained_hook: Callable[[float], None] | None = None
+        self.base = progress.base
         self.answers = _Answers(store, guru)
 
     # --- bookkeeping ---
@@ -250,72 +482,48 @@ class _Syncer:
         s = self.summary
         s.requests, s.throttled, s.retries = (now[i] - self.base[i] for i in range(3))
 
-    def before_wait(self, seconds: float) -> None:
-        """Limiter hook: write buffered answers and release the cache file before a long
-        wait; show the wait."""
+    def on_wait(self, seconds: float) -> None:
+        """Limiter observer: commit what was read before any wait, and release the cache
+        file before a long one (other processes read it meanwhile)."""
+        self.batch.flush()
         if seconds > RELEASE_BEFORE_WAIT:
             self.answers.flush()
             self.store.release()
-        if self.bar is not None:
-            self.bar.set_postfix_str(self._postfix(f"waiting {seconds:.1f} s"), refresh=True)
-        if self.chained_hook is not None:
-            self.chained_hook(seconds)
+            self.batch.released()
 
-    def _pace(self) -> float:
-        """Seconds a page costs under the client's rate limit (0 when unlimited)."""
-        lim = getattr(self.client, "limiter", None)
-        if lim is None or lim.max_requests is None:
-            return 0.0
-        return max(lim.next_delay(), lim.window / lim.max_requests)
-
-    def _postfix(self, extra: str = "") -> str:
-        s = self.summary
-        pace = self._pace()
-        parts = [
-            f"new {s.sessions_new}",
-            f"changed {s.sessions_changed}",
-            f"req {s.requests}",
-        ]
-        if pace:
-            parts.append(f"≈{pace:.1f} s/page (rate limit)")
-        if extra:
-            parts.append(extra)
-        return ", ".join(parts)
-
-    def tick(self, desc: str) -> None:
+    def on_tick(self, left: float) -> None:
+        """Limiter observer: a wait's countdown, at least once a second."""
         self.refresh_counts()
-        if self.bar is not None:
-            self.bar.set_description_str(desc, refresh=False)
-            self.bar.update(1)
-            self.bar.set_postfix_str(self._postfix(), refresh=True)
+        self.progress.emit("wait", left)
 
     # --- one listing ---
 
     def run_listing(self, plan: _Plan) -> None:
         listing, state = plan.listing, plan.state
-        label = f"{self.guru} {_listing_label(listing.key)}"
-        watermark = _field(state, "watermark")
-        if plan.mode == "resume":
-            start = max(1, int(_field(state, "pass_next_page") or 1) - 1)
-            pass_mode = _field(state, "pass_mode") or "full"
+        key = listing.key
+        self.progress.start_listing(_listing_label(key))
+        watermark = state.watermark if state is not None else None
+        if plan.mode == "resume" and state is not None:
+            start = max(1, int(state.pass_next_page or 1) - 1)
+            pass_mode = state.pass_mode or "full"
             stop_below = watermark if pass_mode == "incremental" else None
-            started_at = _field(state, "pass_started_at") or self.clock()
-            saved_top = _field(state, "pass_top") if start > 1 else None
+            started_at = state.pass_started_at or self.clock()
+            saved_top = state.pass_top if start > 1 else None
             main = self._new_pass(stop_below, start, saved_top)
         else:
             pass_mode = plan.mode
             stop_below = watermark if plan.mode == "incremental" else None
             started_at = self.clock()
             main = self._new_pass(stop_below, 1, None)
-        self.store.save_state(
-            self.guru,
-            listing.key,
+        self.batch.add(
+            key,
+            None,
             pass_mode=pass_mode,
             pass_started_at=started_at,
             pass_top=main.top,
             pass_next_page=main.start_page,
         )
-        self._walk(main, listing, label, save=True)
+        self._walk(main, listing, save=True)
         passes = [main]
         prev = main
         while (prev.stats.requests > 1 or prev is main and plan.mode == "resume") and (
@@ -323,18 +531,19 @@ class _Syncer:
         ):
             if len(passes) > self.max_top_ups:
                 self.summary.notes.append(
-                    f"{_listing_label(listing.key)}: the list kept moving after "
+                    f"{_listing_label(key)}: the list kept moving after "
                     f"{self.max_top_ups} top-up passes; the next sync picks up the rest"
                 )
                 break
             top_up = self._new_pass(prev.top, 1, None)
-            self._walk(top_up, listing, f"{label} (top-up)", save=False)
+            self._walk(top_up, listing, save=False)
             self.summary.top_ups += 1
             passes.append(top_up)
             prev = top_up
         newest = [p.max_seen for p in passes if p.max_seen is not None]
         if pass_mode == "incremental" and watermark is not None:
             newest.append(watermark)  # never move an incremental watermark back
+        self.batch.flush()  # deletions are judged against every row written
         if plan.mode == "full" and listing.guru_wide:
             self._mark_deletions(main, started_at)
         elif plan.mode == "resume" and listing.guru_wide and pass_mode == "full":
@@ -342,9 +551,9 @@ class _Syncer:
                 "resumed an interrupted full pass: deletions are not marked this time "
                 "(run --full again to mark them)"
             )
-        self.store.save_state(
-            self.guru,
-            listing.key,
+        self.batch.add(
+            key,
+            None,
             watermark=max(newest) if newest else None,
             completed_at=self.clock(),
             pass_mode=None,
@@ -352,6 +561,8 @@ class _Syncer:
             pass_top=None,
             pass_next_page=None,
         )
+        self.batch.flush()
+        self.progress.end_listing()
 
     def _new_pass(self, stop_below: datetime | None, start: int, top: datetime | None) -> Pass:
         return Pass(
@@ -362,48 +573,36 @@ class _Syncer:
             remember_ids=False,
         )
 
-    def _walk(self, p: Pass, listing: Listing, label: str, *, save: bool) -> None:
-        """Drive one pass: fetch, write (one upsert per page), feed, checkpoint."""
+    def _walk(self, p: Pass, listing: Listing, *, save: bool) -> None:
+        """Drive one pass: fetch, buffer (with the pass's position), feed, flush when due."""
+        user = listing.external_user_id
         while (n := p.next_page()) is not None:
             page = self.client.list_sessions(
                 self.guru,
                 n,
                 search_query=listing.search_query,
-                external_user_id=listing.external_user_id,
+                external_user_id=user,
             )
-            self._write(page, listing.external_user_id)
             p.feed(
                 PageView(
                     page.page_num, page.has_more, [Row(s.id, s.last_used) for s in page.sessions]
                 )
             )
+            state = {"pass_top": p.top, "pass_next_page": p.resume_page} if save else {}
+            self.batch.add(listing.key, ListedPage(page.sessions, user), **state)
+            if self.batch.due():
+                self.batch.flush()
             self.summary.pages += 1
-            if save:
-                self.store.save_state(
-                    self.guru,
-                    listing.key,
-                    pass_top=p.top,
-                    pass_next_page=p.resume_page,
-                )
-            self.tick(f"{label} p{n}")
+            self.progress.pages += 1
+            self.progress.sessions += len(page.sessions)
+            self.refresh_counts()
+            self.progress.emit("listing")
         self.summary.tie_rereads += p.stats.tie_rereads
         if p.stats.ties_unresolved:
             self.summary.notes.append(
                 f"{_listing_label(listing.key)}: {p.stats.tie_members_missing} session(s) of "
                 f"{p.stats.ties_unresolved} tie group(s) stayed hidden after re-reads"
             )
-
-    def _write(self, page: Page, external_user_id: str | None) -> None:
-        if not page.sessions:
-            return
-        written = self.store.write_page(
-            self.guru,
-            listing_frame(page.sessions),
-            self.clock(),
-            external_user_id=external_user_id,
-        )
-        self.summary.sessions_new += int(_field(written, "new") or 0)
-        self.summary.sessions_changed += int(_field(written, "changed") or 0)
 
     # --- deletions ---
 
@@ -443,17 +642,16 @@ class _Syncer:
     def _keep(self, cached: dict[str, Any], conv: Conversation) -> None:
         """A session hidden by a deletion-shift: record it as seen with its current last_used,
         and keep the messages the check fetched anyway."""
-        row = {c: cached.get(c) for c in LISTING_COLUMNS}
-        row["last_used"] = conv.last_used
-        frame = pd.DataFrame([row], columns=list(LISTING_COLUMNS))
-        frame["last_used"] = pd.to_datetime(frame["last_used"], utc=True)
-        self._write_frame(frame)
-        self._store_conversation(str(cached["id"]), conv)
-
-    def _store_conversation(self, sid: str, conv: Conversation) -> None:
+        row = _CachedRow(
+            str(cached["id"]),
+            conv.last_used,
+            *(_text(cached.get(c)) for c in LISTING_COLUMNS[2:]),
+        )
+        (written,) = self.store.write_pages(self.guru, [ListedPage([row])], self.clock())
+        self.summary.sessions_changed += written.changed
         self.store.write_messages(
             self.guru,
-            sid,
+            row.id,
             message_frame(conv),
             fetched_last_used=conv.last_used,
             fetched_at=self.clock(),
@@ -461,9 +659,18 @@ class _Syncer:
             date_created=conv.date_created,
         )
 
-    def _write_frame(self, frame: pd.DataFrame) -> None:
-        written = self.store.write_page(self.guru, frame, self.clock())
-        self.summary.sessions_changed += int(_field(written, "changed") or 0)
+    # --- questions ---
+
+    def export_questions(self) -> None:
+        """The questions phase: one export request, its rows committed before anything else
+        (the next wait, the messages phase), then one ``"questions"`` report."""
+        self.progress.listing = ""
+        sync_questions(
+            self.guru, client=self.client, store=self.store, clock=self.clock, summary=self.summary
+        )
+        self.progress.questions_planned = 0
+        self.refresh_counts()
+        self.progress.emit("questions")
 
     # --- messages ---
 
@@ -471,10 +678,10 @@ class _Syncer:
         """Get Session for pending sessions, newest first, in chunks (memory stays flat)."""
         total = self.store.count_pending(self.guru)
         if total and max_requests != 0:
-            if self.bar is not None:
-                planned = total if max_requests is None else min(total, max_requests)
-                self.bar.reset(total=planned)
-                self.bar.set_description_str(f"{self.guru} messages", refresh=False)
+            self.progress.messages_planned = (
+                total if max_requests is None else min(total, max_requests)
+            )
+            self.progress.listing = ""
             self._fetch_pending(max_requests)
         self.summary.messages_remaining = self.store.count_pending(self.guru)
 
@@ -521,21 +728,19 @@ class _Syncer:
                 if len(self.answers) >= MESSAGE_BATCH:
                     self.answers.flush()
                 self.summary.messages_fetched += 1
-                self.tick(f"{self.guru} messages")
+                self.progress.messages_planned = max(0, self.progress.messages_planned - 1)
+                self.refresh_counts()
+                self.progress.emit("messages")
+
+
+def _text(value: Any) -> str | None:
+    """A cached text value as str or None (pandas hands missing values back as NaN/None)."""
+    return value if isinstance(value, str) else None
 
 
 def _counters(client: Any) -> tuple[int, int, int]:
     st = client.stats
     return (int(st.requests), int(st.throttled), int(st.retries))
-
-
-def _field(obj: Any, name: str) -> Any:
-    """Read a field of a state/result record whether it is a mapping or an object."""
-    if obj is None:
-        return None
-    if isinstance(obj, dict):
-        return obj.get(name)
-    return getattr(obj, name, None)
 
 
 def _to_datetime(value: Any) -> datetime:
@@ -545,34 +750,7 @@ def _to_datetime(value: Any) -> datetime:
     return ts.tz_convert("UTC").to_pydatetime()
 
 
-# --- frames for the store -------------------------------------------------------------------
-
-
-def listing_frame(sessions: Sequence[Any]) -> pd.DataFrame:
-    """The store's listing frame for one page (``extra`` as JSON text or None)."""
-    frame = pd.DataFrame(
-        {
-            "id": pd.Series([s.id for s in sessions], dtype="str"),
-            "last_used": pd.to_datetime(
-                pd.Series([s.last_used for s in sessions], dtype="object"), utc=True
-            ).astype("datetime64[us, UTC]"),
-            "guru_type_name": pd.Series([s.guru_type_name for s in sessions], dtype="object"),
-            "root_question_name": pd.Series(
-                [s.root_question_name for s in sessions], dtype="object"
-            ),
-            "root_question_slug": pd.Series(
-                [s.root_question_slug for s in sessions], dtype="object"
-            ),
-            "root_question_link": pd.Series(
-                [s.root_question_link for s in sessions], dtype="object"
-            ),
-            "extra": pd.Series(
-                [json.dumps(s.extra, sort_keys=True) if s.extra else None for s in sessions],
-                dtype="object",
-            ),
-        }
-    )
-    return frame
+# --- frames for the store (Get Session answers) ---------------------------------------------
 
 
 def message_frame(conv: Conversation | None) -> pd.DataFrame:
@@ -687,25 +865,19 @@ def _in_jupyter_kernel() -> bool:
     return type(shell).__name__ == "ZMQInteractiveShell"
 
 
-def _make_bar(enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm  # heavy-ish: imported only when a bar is wanted
-
-    return tqdm(total=None, unit="page", dynamic_ncols=True, leave=True)
-
-
 def sync(
     guru: str,
     *,
     client: GurubaseClient,
     store: Store,
     users: Iterable[str] | None = None,
+    guru_wide: bool = True,
     search: str | None = None,
     full: bool = False,
     messages: bool = False,
     max_requests: int | None = None,
     progress: bool | None = None,
+    on_progress: ProgressCallback | None = None,
     clock: Callable[[], datetime] = utc_now,
     questions: bool = False,
     verify_budget: int = DEFAULT_VERIFY_BUDGET,
@@ -715,13 +887,17 @@ def sync(
 ) -> SyncSummary:
     """Bring the cache up to date with the guru's listings; see the module docstring.
 
-    ``users``: external user ids (the API cannot list them); each gets its own listing,
-    watermark and attribution. ``search``: sync only sessions matching it. ``full``: re-read
-    every listing to the end (and mark deletions, guru-wide). ``messages``: then fetch the
-    messages of new/changed sessions, at most ``max_requests`` requests (None = all).
-    ``questions``: after the listings, one Export Analytics request for every question since
-    the last export (``sync_questions``).
-    ``progress``: a tqdm bar (None = when stderr is a terminal or in Jupyter).
+    Reads the guru-wide listing and, for each of ``users`` (external user ids: the API cannot
+    list them), that user's listing, with its own watermark and attribution, in one run.
+    ``guru_wide=False`` reads the user listings only (the cache then holds only their
+    sessions: the summary says it is partial). ``search``: only sessions matching it.
+    ``full``: re-read every listing to the end (and mark deletions, guru-wide).
+    ``messages``: then fetch the messages of new/changed sessions, at most ``max_requests``
+    requests (None = all). ``questions``: after the listings, one Export Analytics request for
+    every question since the last export (``sync_questions``).
+    ``on_progress(SyncProgress)``: called after every page and answer, after the export
+    (phase ``"questions"``), each second of a wait, and once at the end (phase ``"done"``). ``progress``: a tqdm bar,
+    one more consumer of the same reports (None = when stderr is a terminal or in Jupyter).
     The run is recorded in ``sync_runs``; interrupts (KeyboardInterrupt) are recorded as
     ``interrupted`` and re-raised; package errors as ``error`` and re-raised.
     """
@@ -734,42 +910,62 @@ def sync(
         raise ConfigError(f"max_requests {max_requests!r} is not valid: use 0 or more, or None")
     if isinstance(verify_budget, bool) or not isinstance(verify_budget, int) or verify_budget < 0:
         raise ConfigError(f"verify_budget {verify_budget!r} is not valid: use 0 or more")
-    listings = listings_for(users, search)
-    plans = []
-    for listing in listings:
-        state = store.get_state(guru, listing.key)
-        if _field(state, "pass_next_page") is not None and not (
-            full and _field(state, "pass_mode") == "incremental"
-        ):
-            mode = "resume"
-        elif full or _field(state, "watermark") is None:
-            mode = "full"
-        else:
-            mode = "incremental"
-        plans.append(_Plan(listing, mode, state))
+    if on_progress is not None and not callable(on_progress):
+        raise ConfigError("on_progress must be a callable taking a SyncProgress, or None")
+    if users is None and not guru_wide:
+        raise ConfigError("nothing to sync: pass users=[...] or keep guru_wide=True")
+    listings = listings_for(users, search, guru_wide=guru_wide)
+    plans = [_plan(store, guru, listing, full) for listing in listings]
     modes = {p.mode for p in plans}
     run_mode = "resume" if "resume" in modes else "full" if "full" in modes else "incremental"
     keys = [lst.key for lst in listings]
     summary = SyncSummary(guru=guru, mode=run_mode, listings=keys)
+    if not any(lst.guru_wide or lst.external_user_id is None for lst in listings):
+        summary.notes.append(
+            "per-user listings only (guru_wide=False): the cache holds only these users' "
+            "sessions, so reports are partial"
+        )
     t0 = monotonic()
+    callbacks: list[ProgressCallback] = [on_progress] if on_progress is not None else []
+    bar = TqdmProgress() if _progress_wanted(progress) else None
+    if bar is not None:
+        callbacks.append(bar)
+    reports = _Progress(client, callbacks, monotonic, _counters(client))
+    if callbacks:
+        _estimate(reports, store, guru, plans, messages, max_requests, questions=questions)
     summary.run_id = store.begin_run(guru, run_mode, keys, listings[0].search_query or None)
-    bar = _make_bar(_progress_wanted(progress))
+    batch = _PageBatch(store, guru, clock, monotonic, summary)
     syncer = _Syncer(
-        guru, client, store, clock, summary, bar, verify_budget, tie_reread_budget, max_top_ups
+        guru,
+        client,
+        store,
+        clock,
+        summary,
+        reports,
+        batch,
+        verify_budget,
+        tie_reread_budget,
+        max_top_ups,
     )
     limiter = getattr(client, "limiter", None)
-    previous_hook = getattr(limiter, "before_wait", None)
-    syncer.chained_hook = previous_hook
-    if limiter is not None:
-        limiter.before_wait = syncer.before_wait
+    observing: AbstractContextManager[Any] = (
+        limiter.observe(on_wait=syncer.on_wait, on_tick=syncer.on_tick if callbacks else None)
+        if limiter is not None
+        else nullcontext()
+    )
     error: str | None = None
     try:
-        for plan in plans:
-            syncer.run_listing(plan)
-        if questions:
-            sync_questions(guru, client=client, store=store, clock=clock, summary=summary)
-        if messages:
-            syncer.fetch_messages(max_requests)
+        with store.capped(**SYNC_SETTINGS), observing:
+            try:
+                for plan in plans:
+                    syncer.run_listing(plan)
+            except BaseException:
+                batch.flush_after_error()
+                raise
+            if questions:
+                syncer.export_questions()
+            if messages:
+                syncer.fetch_messages(max_requests)
         summary.outcome = "ok"
     except KeyboardInterrupt:
         summary.outcome = "interrupted"
@@ -784,10 +980,6 @@ def sync(
         error = f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        if limiter is not None:
-            limiter.before_wait = previous_hook
-        if bar is not None:
-            bar.close()
         syncer.refresh_counts()
         summary.seconds = monotonic() - t0
         try:
@@ -797,8 +989,77 @@ def sync(
                 raise
             # keep the original error propagating: it says what went wrong first
             _log.warning("could not record the end of sync run %s: %s", summary.run_id, exc)
-        store.release()  # let other processes read the finished cache
+        finally:
+            store.release()  # let other processes read the finished cache
+            if bar is not None and error is not None:
+                bar.close()
+    reports.emit("done")
     return summary
+
+
+def _plan(store: Store, guru: str, listing: Listing, full: bool) -> _Plan:
+    """How one listing is read: resume its interrupted pass, a full pass, or incremental."""
+    state = store.get_state(guru, listing.key)
+    if (
+        state is not None
+        and state.pass_next_page is not None
+        and not (full and state.pass_mode == "incremental")
+    ):
+        mode = "resume"
+    elif full or state is None or state.watermark is None:
+        mode = "full"
+    else:
+        mode = "incremental"
+    return _Plan(listing, mode, state)
+
+
+def _estimate(
+    reports: _Progress,
+    store: Store,
+    guru: str,
+    plans: Sequence[_Plan],
+    messages: bool,
+    max_requests: int | None,
+    *,
+    questions: bool = False,
+) -> None:
+    """The run's expected requests, known only when every listing was synced before."""
+    if not all(p.state is not None and p.state.watermark is not None for p in plans):
+        return
+    sizes = store.listing_sizes(guru)
+    reports.known = True
+    reports.total_sessions = sizes.get("", 0)
+    for p in plans:
+        user = p.listing.external_user_id
+        size = sizes.get(f"user:{user}" if user is not None else "", 0)
+        pages = -(-size // PAGE_SIZE)
+        if p.mode == "full" or (p.mode == "resume" and p.state and p.state.pass_mode == "full"):
+            start = p.state.pass_next_page or 1 if p.mode == "resume" and p.state else 1
+            reports.plan.append(max(1, pages - start + 2) + (1 if pages > 1 else 0))
+        else:
+            reports.plan.append(1)
+    if questions:
+        reports.questions_planned = 1
+    if messages and max_requests != 0:
+        pending = store.count_pending(guru)
+        reports.messages_planned = pending if max_requests is None else min(pending, max_requests)
+
+
+def _end_run(store: Store, s: SyncSummary, error: str | None) -> None:
+    store.end_run(
+        s.run_id,
+        outcome=s.outcome,
+        error=error,
+        requests=s.requests,
+        throttled=s.throttled,
+        retries=s.retries,
+        pages=s.pages,
+        sessions_new=s.sessions_new,
+        sessions_changed=s.sessions_changed,
+        sessions_deleted=s.sessions_deleted,
+        messages_fetched=s.messages_fetched,
+        messages_remaining=s.messages_remaining,
+    )
 
 
 # --- questions (issue 15) -----------------------------------------------------------------
@@ -836,8 +1097,9 @@ def sync_questions(
     summary: SyncSummary | None = None,
 ) -> QuestionWrite:
     """One Export Analytics request for every question since the last export, stored
-    idempotently (``Store.write_questions``); adds ``questions_exported`` (rows in the
-    export) and ``questions_new`` to ``summary``, and a note when a gap could not be covered."""
+    idempotently in one transaction (``Store.write_questions``); adds ``questions_exported``
+    (rows in the export) and ``questions_new`` to ``summary``, and a note when a gap could not
+    be covered."""
     last = store.last_question_export(guru)
     now = clock()
     interval = question_interval(None if last is None else last.exported_at, now)
@@ -853,23 +1115,6 @@ def sync_questions(
                 "are older than the 12 months Export Analytics covers: they are not stored"
             )
     return written
-
-
-def _end_run(store: Store, s: SyncSummary, error: str | None) -> None:
-    store.end_run(
-        s.run_id,
-        outcome=s.outcome,
-        error=error,
-        requests=s.requests,
-        throttled=s.throttled,
-        retries=s.retries,
-        pages=s.pages,
-        sessions_new=s.sessions_new,
-        sessions_changed=s.sessions_changed,
-        sessions_deleted=s.sessions_deleted,
-        messages_fetched=s.messages_fetched,
-        messages_remaining=s.messages_remaining,
-    )
 
 
 def sync_guru(

@@ -36,7 +36,11 @@ def parse_api_timestamp(value: str) -> datetime:
     parsed = datetime.fromisoformat(text)
     if parsed.tzinfo is None:
         raise ValueError(f"timestamp {value!r} has no UTC offset")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        # e.g. 0001-01-01T00:00:00+05:30: a valid text whose UTC instant is before year 1
+        raise ValueError(f"timestamp {value!r} is outside the years 1-9999 in UTC") from None
 
 
 def format_drf(ts: datetime) -> str:

@@ -589,7 +589,7 @@ class Dashboard(widgets.VBox):
     ) -> None:
         self.guru = guru
         self.export_dir = Path(export_dir) if export_dir is not None else Path.cwd()
-        self.sync_options = dict(sync_options or {})
+        self.sync_options = {"questions": True, **(sync_options or {})}
         self.last: Rendered | None = None
         self.last_error: str | None = None
         self.last_export: Path | None = None
@@ -759,7 +759,9 @@ class Dashboard(widgets.VBox):
     def _sync_worker(self) -> None:
         try:
             summary = self.guru.sync(
-                progress=False, on_request=self._on_request, **self.sync_options
+                progress=False,
+                on_progress=lambda p: self._on_request(p.requests),
+                **self.sync_options,
             )
         except GuruAnalyticsError as exc:
             self.progress.bar_style = "danger"

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from guru_analytics.errors import ConfigError
-from guru_analytics.paging import PageView, Pass, Row
+from guru_analytics.errors import ConfigError, EndlessListingError
+from guru_analytics.paging import STALL_SLACK, PageView, Pass, Row
 
 T0 = datetime(2025, 7, 1, 12, 0, tzinfo=UTC)
 
@@ -360,3 +360,76 @@ def test_feeding_a_page_that_was_not_asked_for_is_an_error() -> None:
 def test_start_page_must_be_a_page_number(bad: object) -> None:
     with pytest.raises(ConfigError):
         Pass(start_page=bad)  # type: ignore[arg-type]
+
+
+# --- endless listings (issue 14 item 2) ------------------------------------------------
+
+
+def _feed_until_error(p: Pass, answer: Callable[[int], PageView], limit: int) -> list[int]:
+    asked: list[int] = []
+    with pytest.raises(EndlessListingError, match="has_more=true") as err:
+        while (n := p.next_page()) is not None:
+            asked.append(n)
+            assert len(asked) <= limit, "the pass followed the listing past the bound"
+            p.feed(answer(n))
+    assert "\n" not in str(err.value)
+    return asked
+
+
+def test_endless_empty_pages_stop_with_a_typed_error() -> None:
+    p = Pass()
+    asked = _feed_until_error(p, lambda n: PageView(n, True, []), limit=100)
+    assert len(asked) == STALL_SLACK + 1
+    assert p.resume_page == 1  # a restart does not carry on from page 18
+
+
+def test_the_same_page_over_and_over_stops() -> None:
+    same = rows(*((f"s{i}", i) for i in range(30)))
+    p = Pass()
+    asked = _feed_until_error(p, lambda n: PageView(n, True, same), limit=100)
+    assert len(asked) == 1 + STALL_SLACK + 1  # page 1 was progress, then the repeats
+    assert p.resume_page == 2
+
+
+def test_two_pages_in_alternation_stop() -> None:
+    a, b = rows(("a", 1), ("b", 2)), rows(("c", 3), ("d", 4))
+    p = Pass()
+    asked = _feed_until_error(p, lambda n: PageView(n, True, a if n % 2 else b), limit=100)
+    assert len(asked) == 2 + (STALL_SLACK + 2 // 2) + 1
+
+
+def test_the_bound_grows_with_what_the_listing_has_shown() -> None:
+    # 200 real pages, then the server repeats the last one: a large guru is not cut off,
+    # and the repeats are followed a while longer in proportion (never for ever)
+    def answer(n: int) -> PageView:
+        k = min(n, 200)
+        return PageView(n, True, rows(*((f"s{k}-{j}", k * 10 + j) for j in range(10))))
+
+    asked = _feed_until_error(Pass(remember_ids=False), answer, limit=1000)
+    assert len(asked) == 200 + STALL_SLACK + 100 + 1
+
+
+def test_a_real_listing_with_empty_stretches_still_completes() -> None:
+    # 5 consecutive pages whose rows are all rootless, twice, in a 400-row listing
+    sessions = {f"s{i:03d}": ts(i) for i in range(400)}
+    rootless = {f"s{i:03d}" for i in [*range(100, 125), *range(300, 325)]}
+    listing = Listing(sessions, page_size=5, rootless=rootless)
+    p = Pass()
+    drive(p, listing.page, limit=200)
+    assert set(p.seen) == set(listing.listable())
+    assert p.stats.empty_pages == 10 and p.stats.stale_pages == 10
+
+
+def test_a_long_tie_group_is_progress_not_a_stall() -> None:
+    # 120 sessions sharing one last_used span 24 pages of 5: every page shows new members
+    sessions = {f"t{i:03d}": ts(1) for i in range(120)}
+    sessions |= {f"z{i}": ts(10 + i) for i in range(3)}
+    listing = Listing(sessions, page_size=5, shuffle=False)
+    p = Pass(stall_slack=2)
+    drive(p, listing.page, limit=200)
+    assert set(p.seen) == set(sessions) and p.stats.stale_pages == 0
+
+
+def test_stall_slack_must_not_be_negative() -> None:
+    with pytest.raises(ConfigError, match="stall_slack"):
+        Pass(stall_slack=-1)

@@ -463,3 +463,107 @@ def test_guru_local_syncs_questions_in_one_request() -> None:
         q = g.report("questions")
         assert len(q) == summary.questions_exported and q["session_id"].notna().any()
         assert g.activity().attrs["basis"] == "observations+questions"
+
+
+# --- the questions phase inside one sync: order, commit before waits, progress, summary ----
+
+
+class FakeMonotonic:
+    """Monotonic time that moves only when slept on (rate-limit waits cost no real time)."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+
+def test_questions_phase_runs_between_listings_and_messages_and_commits_before_the_next_wait(
+    tmp_path: Path,
+) -> None:
+    """One export after the listings; its rows are in the file (read by an independent
+    read-only connection) when the next rate-limit wait starts, and the progress callback
+    hears one "questions" report between the listing and the messages reports."""
+    import duckdb
+
+    from guru_analytics.progress import SyncProgress
+
+    path = tmp_path / "c.duckdb"
+    fake = FakeMonotonic()
+    reports: list[SyncProgress] = []
+    seen_in_file: list[int] = []
+
+    def on_progress(p: SyncProgress) -> None:
+        reports.append(p)
+        phases = [r.phase for r in reports]
+        if p.phase == "wait" and "questions" in phases and not seen_in_file:
+            with duckdb.connect(str(path), read_only=True) as con:
+                row = con.execute("SELECT count(*) FROM questions").fetchone()
+                seen_in_file.append(int(row[0]) if row else 0)
+
+    clock = Clock(NOW)
+    with serve(n=60, days=30, clock=clock) as s, Store(path) as st:
+        # 3 requests a minute: the listing (2 pages + a top-up) uses them up, so the export
+        # and every Get Session wait first (on the fake monotonic clock).
+        c = GurubaseClient(
+            KEY, s.base_url, rate_limit=3, rate_window=60.0,
+            monotonic=fake.monotonic, sleep=fake.sleep,
+        )  # fmt: skip
+        summary = sync(
+            GURU, client=c, store=st, questions=True, messages=True, max_requests=4,
+            progress=False, on_progress=on_progress, clock=clock, monotonic=fake.monotonic,
+        )  # fmt: skip
+        assert s.request_count(EXPORT_PATH) == 1
+        stored_rows = len(stored(st))
+    assert summary.outcome == "ok" and summary.questions_new == stored_rows > 0
+    assert seen_in_file == [stored_rows]  # committed before the messages phase's first wait
+    phases = [r.phase for r in reports if r.phase != "wait"]
+    assert phases.count("questions") == 1
+    q = phases.index("questions")
+    assert set(phases[:q]) == {"listing"} and set(phases[q + 1 : -1]) == {"messages"}
+    assert phases[-1] == "done"
+    at_export = next(r for r in reports if r.phase == "questions")
+    assert at_export.listing == "" and at_export.requests == summary.pages + 1
+
+
+def test_summary_shows_the_questions_in_str_repr_and_html() -> None:
+    from guru_analytics.sync import SyncSummary
+
+    plain = SyncSummary(guru=GURU, mode="full", listings=[""], requests=3)
+    assert "questions" not in str(plain) and "questions" not in repr(plain)
+    s = SyncSummary(
+        guru=GURU, mode="full", listings=[""], requests=4, questions_exported=12, questions_new=9
+    )
+    assert str(s).splitlines()[-1].split() == ["questions", "12", "exported,", "9", "new"]
+    assert ", 9 new questions" in repr(s) and "\n" not in repr(s)
+    assert "<th style='text-align:left'>questions</th>" in s._repr_html_()
+    assert "12 exported, 9 new" in s._repr_html_()
+
+
+def test_the_dashboard_syncs_questions_by_default(tmp_path: Path) -> None:
+    from guru_analytics.guru import Guru
+
+    class Timer:  # the debounce never fires by itself (the test drives refreshes)
+        def __init__(self, delay: float, fn: Any) -> None:
+            self.fn = fn
+
+        def start(self) -> None:
+            pass
+
+        def cancel(self) -> None:
+            pass
+
+    with Guru.local(80, 3, 30, db=tmp_path / "d.duckdb") as g:
+        d = g.dashboard(timer_factory=Timer, export_dir=tmp_path)
+        assert d.sync_options == {"questions": True}
+        thread = d.sync_now()
+        assert thread is not None
+        thread.join(60)
+        assert d.sync_error is None and d.sync_summary.questions_new > 0
+        assert g.server.request_count(EXPORT_PATH) == 1
+        assert d.progress.value == d.sync_summary.requests  # the export's report moved the bar
+        off = g.dashboard(timer_factory=Timer, sync_options={"questions": False})
+        assert off.sync_options == {"questions": False}

@@ -143,7 +143,7 @@ def test_disabled_limiter_never_waits_but_honours_defer() -> None:
         assert lim.acquire() == 0.0
     assert clock.sleeps == []
     assert clock.t == 0.0
-    assert lim.starts() == []
+    assert lim.next_delay() == 0.0  # nothing booked
     lim.defer_until(3.0)
     assert lim.acquire() == pytest.approx(3.0)
     assert clock.sleeps == [3.0]
@@ -168,18 +168,33 @@ def test_fake_sleep_that_does_not_advance_keeps_the_schedule() -> None:
     for _ in range(6):
         lim.acquire()
     assert slept == [5.0, 5.0, 10.0, 10.0]
-    assert lim.starts() == [10.0, 10.0]
+    assert lim.next_delay() == pytest.approx(15.0)  # both starts booked at 10: free at 15
 
 
-def test_before_wait_hook_sees_each_delay_before_the_sleep() -> None:
+def test_wait_observer_sees_each_delay_before_the_sleep() -> None:
     clock = FakeClock()
     lim = make(2, 10.0, clock)
     seen: list[tuple[float, float]] = []  # (delay announced, clock when announced)
-    lim.before_wait = lambda d: seen.append((d, clock.t))
-    for _ in range(5):
-        lim.acquire()
+    with lim.observe(on_wait=lambda d: seen.append((d, clock.t))):
+        for _ in range(5):
+            lim.acquire()
     assert seen == [(10.0, 0.0), (10.0, 10.0)]  # announced before sleeping, once per wait
     assert clock.sleeps == [10.0, 10.0]
+    lim.acquire()  # the observer is gone after the block
+    assert len(seen) == 2
+
+
+def test_tick_observer_counts_a_wait_down_in_slices_of_at_most_a_second() -> None:
+    clock = FakeClock()
+    lim = make(1, 2.5, clock)
+    ticks: list[float] = []
+    with lim.observe(on_tick=ticks.append):
+        lim.acquire()
+        lim.acquire()
+    assert ticks == pytest.approx([2.5, 1.5, 0.5])
+    assert clock.sleeps == pytest.approx([1.0, 1.0, 0.5])
+    assert lim.seconds_per_request == pytest.approx(2.5)
+    assert make(None, 60.0, clock).seconds_per_request is None
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "10"])

@@ -276,15 +276,17 @@ def test_verify_budget_leaves_over_budget_suspects_unmarked(tmp_path: Path) -> N
 
 
 def test_per_user_listings_attribute_and_budget(tmp_path: Path) -> None:
+    # guru_wide=False: the explicit per-user-only opt-in (the default reads guru-wide too)
     with demo_server(250, users=5) as srv:
         slug = srv.guru_slug
         users = srv.users(slug)
         assert len(users) == 5
         store = new_store(tmp_path)
-        summary = run(srv, store, users=users)
+        summary = run(srv, store, users=users, guru_wide=False)
         sizes = {u: len(srv.truth(slug, external_user_id=u)) for u in users}
         assert list_requests(srv) == sum(full_budget(n) for n in sizes.values())
         assert summary.listings == [f"user:{u}" for u in users]
+        assert any("partial" in n for n in summary.notes)
         with store.reader() as con:
             attributed = con.execute(
                 "SELECT external_user_id, id FROM session_users WHERE guru = ?", [slug]
@@ -294,13 +296,35 @@ def test_per_user_listings_attribute_and_budget(tmp_path: Path) -> None:
             assert got == set(truth(srv, slug, u)), u
         # each user has its own watermark: nothing changed -> one request per user
         srv.clear_log()
-        run(srv, store, users=users)
+        run(srv, store, users=users, guru_wide=False)
         assert list_requests(srv) == len(users)
         srv.create(slug, 3, external_user_id=users[0])
         srv.clear_log()
-        summary = run(srv, store, users=users)
+        summary = run(srv, store, users=users, guru_wide=False)
         assert list_requests(srv) == len(users) and summary.sessions_new == 3
         assert set(truth(srv, slug, users[0])) <= set(live(store, slug))
+
+
+def test_users_sync_reads_guru_wide_plus_each_user_in_one_run(tmp_path: Path) -> None:
+    with demo_server(250, users=3) as srv:
+        slug = srv.guru_slug
+        users = srv.users(slug)[:2]
+        store = new_store(tmp_path)
+        summary = run(srv, store, users=users)
+        sizes = [len(srv.truth(slug, external_user_id=u)) for u in users]
+        assert list_requests(srv) == full_budget(250) + sum(full_budget(n) for n in sizes)
+        assert summary.listings == ["", *(f"user:{u}" for u in users)]
+        assert summary.sessions_new == 250 and not summary.notes
+        assert len(store.runs(slug)) == 1  # one run, one summary
+        assert_exact(store, srv, slug)
+        with store.reader() as con:
+            attributed = con.execute(
+                "SELECT external_user_id, id FROM session_users WHERE guru = ?", [slug]
+            ).df()
+        assert set(attributed["external_user_id"]) == set(users)
+        for u in users:
+            got = set(attributed.loc[attributed["external_user_id"] == u, "id"])
+            assert got == set(truth(srv, slug, u)), u
 
 
 def test_search_listing_syncs_the_matching_subset(tmp_path: Path) -> None:
@@ -488,8 +512,9 @@ def test_progress_bar_shows_pages_and_rate_limit_pace(
         client = client_for(srv, rate_limit=600, rate_window=60.0)
         run(srv, store, client=client, progress=True, messages=True, max_requests=3)
         err = capsys.readouterr().err
-        assert "guru-wide p3" in err and "new 61" in err
-        assert "≈0.1 s/page (rate limit)" in err and "messages" in err and "3/3" in err
+        # the bar is a SyncProgress consumer (issue 12): listing, pace from the limit (60/600)
+        assert "guru-wide" in err and "≈0.1 s/request" in err and "messages" in err
+        assert "total unknown (first sync)" in err and "100%" in err
         assert srv.api_key is not None and srv.api_key not in err
         run(srv, store, progress=None)  # stderr is not a terminal here: no bar
         assert capsys.readouterr().err == ""
