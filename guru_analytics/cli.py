@@ -358,6 +358,10 @@ def _add_sync(sub: argparse._SubParsersAction, name: str) -> None:
         help="also fetch the messages of new/changed sessions (one request per session)",
     )
     p.add_argument(
+        "--questions", action="store_true",
+        help="also store every question since the last export (Export Analytics: one request)",
+    )
+    p.add_argument(
         "--max-requests", type=_whole_non_negative, default=None, metavar="N",
         help="at most N requests for --messages (the rest waits for the next run)",
     )
@@ -384,6 +388,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         search=args.search,
         full=args.full,
         messages=args.messages,
+        questions=args.questions,
         max_requests=args.max_requests,
         progress=False if args.no_progress else None,
     )
@@ -611,6 +616,8 @@ def _add_demo(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--tz", default="UTC", help="IANA time zone of buckets and timestamps (default UTC)")
     p.add_argument("--no-messages", action="store_true",
                    help="skip Get Session (no messages, binge length or sources outputs)")  # fmt: skip
+    p.add_argument("--no-questions", action="store_true",
+                   help="skip Export Analytics (no question outputs)")  # fmt: skip
     bar = p.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None,
                      help="always show the progress bar (default: when stderr is a terminal)")  # fmt: skip
@@ -631,6 +638,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         tz=check_tz(args.tz),
         messages=not args.no_messages,
         progress=args.progress,
+        questions=not args.no_questions,
     )
     return 0
 

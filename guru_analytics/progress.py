@@ -128,6 +128,7 @@ class ProgressEstimator:
         self.plan: list[int] = []  # estimated requests of each listing not finished yet
         self.current_start = 0  # requests when the current listing started
         self.messages_planned = 0
+        self.questions_planned = 0  # the one export request, while it is still to come
         self.known = False
         self.fraction = 0.0
 
@@ -142,7 +143,7 @@ class ProgressEstimator:
         if not self.known:
             return None
         done = self.requests()
-        remaining = sum(self.plan[1:]) + self.messages_planned
+        remaining = sum(self.plan[1:]) + self.questions_planned + self.messages_planned
         if self.plan:
             remaining += max(1, self.plan[0] - (done - self.current_start))
         return done + remaining

@@ -25,6 +25,9 @@ summary says so). Each listing:
 With ``messages=True`` sessions that are new or changed since their messages were fetched
 get one Get Session each (newest first, at most ``max_requests`` requests).
 
+With ``questions=True`` (after the listings, before messages) one Export Analytics request
+stores every question since the last export (``sync_questions``), committed at once.
+
 Progress reaches callers through ``on_progress`` (``progress.SyncProgress``, see the contract
 there) and pre-wait flushing through the limiter's observers; the tqdm bar is one consumer.
 """
@@ -39,7 +42,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -50,10 +53,11 @@ from .paging import DEFAULT_TIE_REREAD_BUDGET, PageView, Pass, Row
 from .progress import ProgressCallback, ProgressEstimator, TqdmProgress, bar_wanted
 from .store import LISTING_COLUMNS, MESSAGE_COLUMNS, ListedPage, SyncState
 from .timestamps import utc_now
+from .wire import export_range
 
 if TYPE_CHECKING:
     from .client import Conversation, GurubaseClient, Message
-    from .store import Store
+    from .store import QuestionWrite, Store
 
 _log = logging.getLogger("guru_analytics.sync")
 
@@ -109,13 +113,15 @@ class SyncSummary:
     unverified: int = 0
     messages_fetched: int = 0
     messages_remaining: int = 0
+    questions_exported: int = 0
+    questions_new: int = 0
     seconds: float = 0.0
     outcome: str = "running"
     run_id: int | None = None
     notes: list[str] = field(default_factory=list)
 
     def _rows(self) -> list[tuple[str, str]]:
-        return [
+        rows = [
             ("listings", _listings_text(self.listings)),
             (
                 "requests",
@@ -133,6 +139,14 @@ class SyncSummary:
                 f"{self.messages_fetched} sessions fetched, {self.messages_remaining} remaining",
             ),
         ]
+        if self._questions_shown():
+            rows.append(
+                ("questions", f"{self.questions_exported} exported, {self.questions_new} new")
+            )
+        return rows
+
+    def _questions_shown(self) -> bool:
+        return bool(self.questions_exported or self.questions_new)
 
     def _head(self) -> str:
         run = f"run {self.run_id}" if self.run_id is not None else "no run"
@@ -148,10 +162,11 @@ class SyncSummary:
     def __repr__(self) -> str:
         """One line (a notebook cell ending in ``g.sync()`` shows this, not a field dump)."""
         notes = f", {len(self.notes)} note(s)" if self.notes else ""
+        questions = f", {self.questions_new} new questions" if self._questions_shown() else ""
         return (
             f"<SyncSummary {self.guru}: {self.mode}, {self.outcome}, {self.requests} requests, "
             f"{self.sessions_new} new, {self.sessions_changed} changed, "
-            f"{self.sessions_deleted} deleted{notes}>"
+            f"{self.sessions_deleted} deleted{questions}{notes}>"
         )
 
     def _repr_html_(self) -> str:
@@ -571,6 +586,19 @@ class _Syncer:
             date_created=conv.date_created,
         )
 
+    # --- questions ---
+
+    def export_questions(self) -> None:
+        """The questions phase: one export request, its rows committed before anything else
+        (the next wait, the messages phase), then one ``"questions"`` report."""
+        self.progress.listing = ""
+        sync_questions(
+            self.guru, client=self.client, store=self.store, clock=self.clock, summary=self.summary
+        )
+        self.progress.questions_planned = 0
+        self.refresh_counts()
+        self.progress.emit("questions")
+
     # --- messages ---
 
     def fetch_messages(self, max_requests: int | None) -> None:
@@ -758,6 +786,7 @@ def sync(
     progress: bool | None = None,
     on_progress: ProgressCallback | None = None,
     clock: Callable[[], datetime] = utc_now,
+    questions: bool = False,
     verify_budget: int = DEFAULT_VERIFY_BUDGET,
     tie_reread_budget: int = DEFAULT_TIE_REREAD_BUDGET,
     max_top_ups: int = DEFAULT_MAX_TOP_UPS,
@@ -771,8 +800,10 @@ def sync(
     sessions: the summary says it is partial). ``search``: only sessions matching it.
     ``full``: re-read every listing to the end (and mark deletions, guru-wide).
     ``messages``: then fetch the messages of new/changed sessions, at most ``max_requests``
-    requests (None = all). ``on_progress(SyncProgress)``: called after every page and answer,
-    each second of a wait, and once at the end (phase ``"done"``). ``progress``: a tqdm bar,
+    requests (None = all). ``questions``: after the listings, one Export Analytics request for
+    every question since the last export (``sync_questions``).
+    ``on_progress(SyncProgress)``: called after every page and answer, after the export
+    (phase ``"questions"``), each second of a wait, and once at the end (phase ``"done"``). ``progress``: a tqdm bar,
     one more consumer of the same reports (None = when stderr is a terminal or in Jupyter).
     The run is recorded in ``sync_runs``; interrupts (KeyboardInterrupt) are recorded as
     ``interrupted`` and re-raised; package errors as ``error`` and re-raised.
@@ -815,7 +846,7 @@ def sync(
         monotonic,
     )
     if callbacks:
-        _estimate(reports, store, guru, plans, messages, max_requests)
+        _estimate(reports, store, guru, plans, messages, max_requests, questions=questions)
     summary.run_id = store.begin_run(guru, run_mode, keys, listings[0].search_query or None)
     batch = _PageBatch(store, guru, clock, monotonic, summary)
     syncer = _Syncer(
@@ -861,6 +892,8 @@ def sync(
             except BaseException:
                 batch.flush_after_error()
                 raise
+            if questions:
+                syncer.export_questions()
             if messages:
                 syncer.fetch_messages(max_requests)
         summary.outcome = "ok"
@@ -943,6 +976,8 @@ def _estimate(
     plans: Sequence[_Plan],
     messages: bool,
     max_requests: int | None,
+    *,
+    questions: bool = False,
 ) -> None:
     """The run's expected requests, known only when every listing was synced before."""
     if not all(p.state is not None and p.state.watermark is not None for p in plans):
@@ -961,6 +996,8 @@ def _estimate(
             reports.plan.append(max(1, pages - start + 2) + (1 if pages > 1 else 0))
         else:
             reports.plan.append(1)
+    if questions:
+        reports.questions_planned = 1
     if messages and max_requests != 0:
         pending = store.count_pending(guru)
         reports.messages_planned = pending if max_requests is None else min(pending, max_requests)
@@ -981,6 +1018,61 @@ def _end_run(store: Store, s: SyncSummary, error: str | None) -> None:
         messages_fetched=s.messages_fetched,
         messages_remaining=s.messages_remaining,
     )
+
+
+# --- questions (issue 15) -----------------------------------------------------------------
+
+QUESTION_INTERVALS = ("today", "7d", "30d", "3m", "6m", "12m")
+"""The intervals ``question_interval`` chooses from, shortest first. ``yesterday`` is never
+chosen: it ends at the last UTC midnight, so it misses today's questions."""
+EXPORT_OVERLAP = timedelta(hours=1)
+"""How far before the last export the next one must start: room for clock skew between this
+machine and the server, and for a question saved a little after its minute. Rows exported
+twice are stored once (``Store.write_questions``), so the overlap costs nothing."""
+
+
+def question_interval(
+    last_export: datetime | None, now: datetime, overlap: timedelta = EXPORT_OVERLAP
+) -> str:
+    """The smallest interval asked at ``now`` that starts at or before ``last_export -
+    overlap`` (so it covers everything since the last export); ``12m`` the first time, and
+    when the last export is older than the 365 days the API keeps (the gap is lost)."""
+    if last_export is None:
+        return "12m"
+    since = last_export - overlap
+    for interval in QUESTION_INTERVALS:
+        if export_range(interval, now)[0] <= since:
+            return interval
+    return "12m"
+
+
+def sync_questions(
+    guru: str,
+    *,
+    client: GurubaseClient,
+    store: Store,
+    clock: Callable[[], datetime] = utc_now,
+    summary: SyncSummary | None = None,
+) -> QuestionWrite:
+    """One Export Analytics request for every question since the last export, stored
+    idempotently in one transaction (``Store.write_questions``); adds ``questions_exported``
+    (rows in the export) and ``questions_new`` to ``summary``, and a note when a gap could not
+    be covered."""
+    last = store.last_question_export(guru)
+    now = clock()
+    interval = question_interval(None if last is None else last.exported_at, now)
+    covers_from = export_range(interval, now)[0]
+    export = client.export_questions(guru, interval)
+    written = store.write_questions(guru, export, now, covers_from=covers_from)
+    if summary is not None:
+        summary.questions_exported += written.questions + written.unanswered
+        summary.questions_new += written.new
+        if last is not None and covers_from > last.exported_at:
+            summary.notes.append(
+                f"questions between {last.exported_at:%Y-%m-%d} and {covers_from:%Y-%m-%d} "
+                "are older than the 12 months Export Analytics covers: they are not stored"
+            )
+    return written
 
 
 def sync_guru(

@@ -799,7 +799,7 @@ class Dashboard(widgets.VBox):
     ) -> None:
         self.guru = guru
         self.export_dir = Path(export_dir) if export_dir is not None else Path.cwd()
-        self.sync_options = dict(sync_options or {})
+        self.sync_options = {"questions": True, **(sync_options or {})}
         self.sync_disabled = sync_disabled
         self.last: Rendered | None = None
         self.last_error: str | None = None
