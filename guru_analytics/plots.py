@@ -522,9 +522,7 @@ def plot_question_trust(
     return ax
 
 
-def plot_unanswered(
-    df: pd.DataFrame, *, ax: Axes | None = None, title: str | None = None
-) -> Axes:
+def plot_unanswered(df: pd.DataFrame, *, ax: Axes | None = None, title: str | None = None) -> Axes:
     """Answered and unanswered questions per bucket (stacked bars), from ``frames.unanswered``."""
     _need(df, ["bucket", "questions", "unanswered"], "unanswered")
     ax = _axes(ax)

@@ -56,6 +56,7 @@ def export_range(interval: str, now: datetime) -> tuple[datetime, datetime]:
     )
     return start, midnight + timedelta(days=1) - _US
 
+
 _SCHEMES = {
     "code": ("questions", "unable_to_answer", "references"),
     "docs": ("questions", "out_of_context", "referenced_sources"),
