@@ -21,6 +21,7 @@ from .errors import (
     NotFoundError,
     OutputError,
 )
+from .interrupts import is_interrupt
 
 # Exit codes: 0 ok, 1 other package error, 2 usage/config, 3 auth/forbidden, 4 not found.
 EXIT_CODES: dict[type[GuruAnalyticsError], int] = {
@@ -711,30 +712,19 @@ def _interrupted(*, keep_ignoring: bool) -> int:
 
 
 def _duckdb_as_ours(exc: Exception, args: argparse.Namespace) -> BaseException:
-    """DuckDB's interrupt (a Ctrl-C that landed inside a query) as ``KeyboardInterrupt``, its
-    I/O errors on the cache (a truncated file, a full disk) as ``CacheError``, running out of
-    memory (e.g. hourly buckets since year 1) as one line; anything else unchanged (a bug
-    should show its traceback)."""
-    from .errors import CacheError
-
+    """DuckDB's interrupt (a Ctrl-C that landed inside a query) as ``KeyboardInterrupt``,
+    running out of memory (e.g. hourly buckets since year 1) as one line; anything else
+    unchanged (a bug should show its traceback). The store itself turns DuckDB's I/O errors
+    on the cache (a truncated file, a full disk) into ``CacheError``."""
+    if is_interrupt(exc):
+        return KeyboardInterrupt()
     duckdb = sys.modules.get("duckdb")
     if duckdb is None:
         return exc
-    if isinstance(exc, duckdb.InterruptException) or (
-        type(exc) is RuntimeError and str(exc) == "Query interrupted"
-    ):
-        return KeyboardInterrupt()
     if isinstance(exc, duckdb.OutOfMemoryException):
         detail = (str(exc).strip().splitlines() or ["out of memory"])[0][:160]
         return GuruAnalyticsError(
             f"not enough memory for this ({detail}): narrow --start/--end, use a coarser "
             "--freq or fewer gurus/users"
-        )
-    if isinstance(exc, duckdb.IOException):
-        where = f"cache {args.db}" if getattr(args, "db", None) else "the cache"
-        detail = " ".join(str(exc).split())[:200]
-        return CacheError(
-            f"{where} cannot be read or written ({detail}): if the file was truncated or "
-            "damaged, move it aside and sync again; if the disk is full, free space"
         )
     return exc

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import pandas as pd
 
 from .errors import ConfigError, GuruAnalyticsError, NotFoundError
+from .interrupts import is_interrupt, sigint_held_off
 from .paging import DEFAULT_TIE_REREAD_BUDGET, PageView, Pass, Row
 from .progress import Phase, ProgressCallback, SyncProgress, TqdmProgress
 from .store import LISTING_COLUMNS, MESSAGE_COLUMNS, ListedPage, SyncState
@@ -866,8 +867,8 @@ def sync(
     requests (None = all). ``on_progress(SyncProgress)``: called after every page and answer,
     each second of a wait, and once at the end (phase ``"done"``). ``progress``: a tqdm bar,
     one more consumer of the same reports (None = when stderr is a terminal or in Jupyter).
-    The run is recorded in ``sync_runs``; interrupts (KeyboardInterrupt) are recorded as
-    ``interrupted`` and re-raised; package errors as ``error`` and re-raised.
+    The run is recorded in ``sync_runs``; interrupts (KeyboardInterrupt, or DuckDB's
+    interrupt: ``interrupts.is_interrupt``) are recorded as ``interrupted`` and re-raised; package errors as ``error`` and re-raised.
     """
     if not isinstance(guru, str) or not guru.strip():
         raise ConfigError(f"guru slug {guru!r} is not valid: pass the slug from the guru's URL")
@@ -933,23 +934,24 @@ def sync(
             if messages:
                 syncer.fetch_messages(max_requests)
         summary.outcome = "ok"
-    except KeyboardInterrupt:
-        summary.outcome = "interrupted"
-        error = "interrupted (KeyboardInterrupt)"
-        raise
     except GuruAnalyticsError as exc:
         summary.outcome = "error"
         error = str(exc)
         raise
-    except Exception as exc:  # recorded, then re-raised unchanged: never swallowed
-        summary.outcome = "error"
-        error = f"{type(exc).__name__}: {exc}"
+    except BaseException as exc:  # recorded, then re-raised unchanged: never swallowed
+        if is_interrupt(exc):  # a Ctrl-C, also as DuckDB raises it inside a query
+            summary.outcome = "interrupted"
+            error = f"interrupted ({type(exc).__name__})"
+        elif isinstance(exc, Exception):
+            summary.outcome = "error"
+            error = f"{type(exc).__name__}: {exc}"
         raise
     finally:
         syncer.refresh_counts()
         summary.seconds = monotonic() - t0
         try:
-            _end_run(store, summary, error)
+            with sigint_held_off():  # a few ms: a Ctrl-C now must not lose the run's record
+                _end_run(store, summary, error)
         except GuruAnalyticsError as exc:
             if error is None:
                 raise

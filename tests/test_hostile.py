@@ -251,7 +251,6 @@ class _InterruptOnPage:
         return self.client.list_sessions(guru, page_num, **kwargs)
 
 
-@pytest.mark.xfail(strict=True, reason=STORE_SPLIT.format(1))
 def test_a_duckdb_interrupt_mid_sync_is_recorded_as_interrupted(tmp_path: Path) -> None:
     exc = _real_duckdb_interrupt("sigint")
     items = listing(300)
@@ -291,7 +290,6 @@ class _SecondCtrlC:
         return getattr(self._conn, name)
 
 
-@pytest.mark.xfail(strict=True, reason=STORE_SPLIT.format(1))
 def test_a_double_ctrl_c_inside_a_write_still_records_the_run(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -475,7 +473,6 @@ def test_a_truncated_cache_is_one_line(
     assert code == 1 and "truncated or damaged" in line
 
 
-@pytest.mark.xfail(strict=True, reason=STORE_SPLIT.format(4))
 def test_a_truncated_cache_is_a_cache_error_from_the_store(synced_cache: Path) -> None:
     with synced_cache.open("r+b") as fh:
         fh.truncate(synced_cache.stat().st_size // 2)
@@ -773,7 +770,6 @@ def _sqlite_file(path: Path) -> Path:
     return path
 
 
-@pytest.mark.xfail(strict=True, reason=STORE_SPLIT.format(9))
 def test_a_sqlite_file_as_db_is_named_as_such(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -783,7 +779,6 @@ def test_a_sqlite_file_as_db_is_named_as_such(
     assert "SQLite" in line and "incompatible DuckDB" not in line and "download" not in line
 
 
-@pytest.mark.xfail(strict=True, reason=STORE_SPLIT.format(9))
 def test_cache_connections_never_install_or_load_extensions(tmp_path: Path) -> None:
     store = Store(tmp_path / "c.duckdb")
     try:
