@@ -28,7 +28,13 @@ import duckdb
 import pandas as pd
 
 from ..timestamps import utc_now
-from ._connection import MAX_LOCK_BACKOFF, ConnectFactory, Database, default_cache_path
+from ._connection import (
+    MAX_LOCK_BACKOFF,
+    NO_EXTENSIONS,
+    ConnectFactory,
+    Database,
+    default_cache_path,
+)
 from ._messages import FETCH_STATUSES, Messages
 from ._overview import Overview
 from ._runs import RUN_COUNTS, UNSET, RunLedger, SyncState, _Unset
@@ -66,6 +72,7 @@ __all__ = [
     "MAX_LOCK_BACKOFF",
     "MESSAGE_COLUMNS",
     "MIGRATIONS",
+    "NO_EXTENSIONS",
     "RUN_COUNTS",
     "SCHEMA_V1",
     "SCHEMA_V2",
