@@ -924,7 +924,7 @@ def sync(
     )
     error: str | None = None
     try:
-        with store.capped(**SYNC_SETTINGS), observing:
+        with store.capped(**SYNC_SETTINGS), store.waiting_for_readers(), observing:
             try:
                 for plan in plans:
                     syncer.run_listing(plan)

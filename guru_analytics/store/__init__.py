@@ -31,6 +31,7 @@ from ..timestamps import utc_now
 from ._connection import (
     MAX_LOCK_BACKOFF,
     NO_EXTENSIONS,
+    READER_WAIT,
     ConnectFactory,
     Database,
     default_cache_path,
@@ -73,6 +74,7 @@ __all__ = [
     "MESSAGE_COLUMNS",
     "MIGRATIONS",
     "NO_EXTENSIONS",
+    "READER_WAIT",
     "RUN_COUNTS",
     "SCHEMA_V1",
     "SCHEMA_V2",
@@ -165,6 +167,14 @@ class Store:
         """Release the file and keep it free for ``pause`` seconds, so a reader waiting for
         the lock gets in (a long sync does this at short intervals)."""
         self._db.yield_file(pause)
+
+    @contextmanager
+    def waiting_for_readers(self, seconds: float = READER_WAIT) -> Iterator[None]:
+        """In the block, a write that finds the file held by a reader waits up to
+        ``seconds`` for it (with a log line) instead of ``lock_timeout``; a file held by a
+        sync still fails after ``lock_timeout``. A sync runs inside this."""
+        with self._db.waiting_for_readers(seconds):
+            yield
 
     @contextmanager
     def capped(self, **settings: str) -> Iterator[None]:

@@ -10,8 +10,10 @@ holder's PID. Every connection runs with ``TimeZone='UTC'`` so values come back 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -44,6 +46,10 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 # extension (a SQLite file would fetch sqlite_scanner). A SET after connecting is too late:
 # the file is read, and extensions autoloaded, while connecting.
 NO_EXTENSIONS = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+_log = logging.getLogger("guru_analytics.store")
+# How long a sync waits for a reader (a report, a notebook) to give the file back: long, since
+# a reader finishes on its own and a sync has nothing better to do, but bounded.
+READER_WAIT = 600.0
 # The longest pause between two tries at a held lock. A writer that yields the file holds it
 # free for longer than this (see ``Database.yield_file``), so a waiting reader gets in.
 MAX_LOCK_BACKOFF = 0.05
@@ -132,6 +138,7 @@ class Database:
         self._conn: duckdb.DuckDBPyConnection | None = None
         self._readers: dict[int, int] = {}  # thread id -> open read-only reader() blocks
         self._settings: dict[str, str] = {}  # applied to every read-write connection (capped())
+        self._reader_wait = 0.0  # how long a write waits for a reader (waiting_for_readers())
         self.closed = False
         raw = default_cache_path() if path is None else path
         if not isinstance(raw, str | os.PathLike):
@@ -217,8 +224,11 @@ class Database:
             )
 
     def _open(self, *, read_only: bool) -> duckdb.DuckDBPyConnection:
-        """Open a connection, retrying a held lock with backoff until ``lock_timeout``."""
-        deadline = self._monotonic() + self._lock_timeout
+        """Open a connection, retrying a held lock with backoff until ``lock_timeout`` (for a
+        write inside ``waiting_for_readers``, held by a reader: until that wait)."""
+        started = self._monotonic()
+        deadline = started + self._lock_timeout
+        extended = False
         delay = 0.02
         while True:
             try:
@@ -237,8 +247,18 @@ class Database:
                 if not (_LOCK_RE.search(message) or _OTHER_CONFIG_RE.search(message)):
                     raise self._open_error(exc) from exc
                 remaining = deadline - self._monotonic()
+                if remaining <= 0 and not (read_only or extended) and self._reader_wait:
+                    extended = True
+                    holder, kind = self._holder(message)
+                    if kind == "reader":
+                        _log.warning(
+                            "cache %s is held by %s: waiting up to %g s for it to finish",
+                            self.path, holder, self._reader_wait,
+                        )  # fmt: skip
+                        deadline = started + max(self._lock_timeout, self._reader_wait)
+                        remaining = deadline - self._monotonic()
                 if remaining <= 0:
-                    raise self._locked_error(message) from exc
+                    raise self._locked_error(message, deadline - started) from exc
                 self._sleep(min(delay, remaining))
                 delay = min(delay * 2, MAX_LOCK_BACKOFF)
         try:
@@ -291,17 +311,59 @@ class Database:
             self.release()
         self._sleep(pause)
 
-    def _locked_error(self, message: str) -> CacheLockedError:
+    @contextmanager
+    def waiting_for_readers(self, seconds: float) -> Iterator[None]:
+        """In the block, a write that finds the file held by a reader (not a sync) waits up
+        to ``seconds`` for it, with a log line, instead of ``lock_timeout``: a sync outlives
+        any report, and dying at a reader would waste the requests it has spent."""
+        with self.lock:
+            before, self._reader_wait = self._reader_wait, float(seconds)
+        try:
+            yield
+        finally:
+            with self.lock:
+                self._reader_wait = before
+
+    def _holder(self, message: str) -> tuple[str, str]:
+        """Who holds the lock, from DuckDB's message and the running runs in ``sync_runs``:
+        (words for messages, kind: ``sync``, ``reader``, ``self`` or ``unknown``)."""
         found = _PID_RE.search(message)
-        if found:
-            holder = f"PID {found.group(1)}"
-        elif _OTHER_CONFIG_RE.search(message):
-            holder = f"another connection of this process (PID {os.getpid()})"
-        else:
-            holder = "another process"
+        if found is None:
+            if _OTHER_CONFIG_RE.search(message):
+                return f"another connection of this process (PID {os.getpid()})", "self"
+            return "another process", "unknown"
+        pid = int(found.group(1))
+        syncs = self._running_sync_pids()
+        if syncs is None:  # a writer holds the file: its sync_runs cannot be read now
+            return f"PID {pid} (a sync or another program writing it)", "unknown"
+        if pid in syncs:
+            return f"a sync (PID {pid})", "sync"
+        return f"PID {pid} (a reader or another program)", "reader"
+
+    def _running_sync_pids(self) -> set[int] | None:
+        """PIDs of this host's running syncs, read read-only; None if the file cannot be
+        read (a writer holds it)."""
+        try:
+            conn = self._connect(self.path, True)
+        except duckdb.Error:
+            return None
+        try:
+            rows = conn.execute(
+                "SELECT pid FROM sync_runs WHERE outcome = 'running' AND host = ?",
+                [socket.gethostname()],
+            ).fetchall()
+        except duckdb.Error:
+            return set()  # no run ledger yet: no sync ever ran here
+        finally:
+            conn.close()
+        return {int(r[0]) for r in rows if r[0] is not None}
+
+    def _locked_error(self, message: str, waited: float) -> CacheLockedError:
+        holder, kind = self._holder(message)
+        what = "that sync" if kind == "sync" else "it"
         return CacheLockedError(
-            f"cache {self.path} is held by {holder} (waited {self._lock_timeout:g} s); "
-            "wait for that sync to finish or pass a different --db"
+            f"cache {self.path} is held by {holder} (waited {waited:g} s); "
+            f"wait for {what} to finish or pass a different --db"
         )
 
     def _open_error(self, exc: duckdb.Error) -> CacheError:
