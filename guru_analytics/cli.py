@@ -670,10 +670,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             raise ours from exc
     except GuruAnalyticsError as exc:
-        print(f"guru-analytics: error: {exc}", file=sys.stderr)
         if isinstance(exc, OutputError) and exc.target == "-":
+            if isinstance(exc.__cause__, BrokenPipeError):
+                return _broken_pipe()
             _drop_stdout()
+        print(f"guru-analytics: error: {exc}", file=sys.stderr)
         return _exit_code(exc)
+    except BrokenPipeError:  # stdout's reader went away (`... | head`): nothing more to say
+        return _broken_pipe()
     except KeyboardInterrupt:
         # argv None: this is the process's own command line, which now only exits; more
         # Ctrl-Cs during the exit would print tracebacks from interpreter shutdown
@@ -691,6 +695,18 @@ def _drop_stdout() -> None:
         os.close(devnull)
     except (OSError, ValueError, AttributeError):
         pass  # not a real file descriptor (captured output): nothing will flush it
+
+
+# What a shell reports for a process ended by SIGPIPE (128 + 13), as other tools in a pipe do.
+EXIT_BROKEN_PIPE = 141
+
+
+def _broken_pipe() -> int:
+    """The reader of stdout went away (``guru-analytics report ... -o - | head``): exit
+    quietly, as the Python docs advise, with stdout on /dev/null so the exit flush of what
+    is still buffered does not raise again."""
+    _drop_stdout()
+    return EXIT_BROKEN_PIPE
 
 
 _INTERRUPTED = "guru-analytics: interrupted; the cache keeps every page written so far"

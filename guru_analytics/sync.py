@@ -35,6 +35,7 @@ import html
 import json
 import logging
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -227,11 +228,31 @@ def _check_search(search: str | None) -> str:
     return search.strip()  # the API strips it too
 
 
+# A users file larger than this is refused: at 10 requests a minute even 1 MiB of ids is more
+# listings than a day of syncing can read, and /dev/zero or a huge file must not fill memory.
+MAX_USERS_FILE_BYTES = 4 * 1024 * 1024
+
+
 def read_users_file(path: str | Path) -> list[str]:
-    """External user ids from a file: one per line, blank lines and ``#`` comments ignored."""
+    """External user ids from a file: one per line, blank lines and ``#`` comments ignored.
+
+    Only a regular file of at most ``MAX_USERS_FILE_BYTES`` (checked before opening, so a
+    FIFO or a device is never read)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        if not stat.S_ISREG(p.stat().st_mode):
+            raise ConfigError(
+                f"users file {str(p)!r} is not a regular file: pass a text file with one "
+                "user id per line"
+            )
+        with p.open("rb") as fh:
+            data = fh.read(MAX_USERS_FILE_BYTES + 1)
+        if len(data) > MAX_USERS_FILE_BYTES:
+            raise ConfigError(
+                f"users file {str(p)!r} is larger than {MAX_USERS_FILE_BYTES // 1024 // 1024} "
+                "MiB: pass a file of user ids, one per line, or split it over several syncs"
+            )
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"users file {str(p)!r} not found: check the path") from None
     except (OSError, UnicodeDecodeError) as exc:

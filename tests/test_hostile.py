@@ -889,6 +889,73 @@ def test_lock_messages_name_a_reader_or_a_sync(tmp_path: Path, kind: str) -> Non
         assert f"held by PID {holder.pid} (a reader or another program)" in str(info.value)
         assert "that sync" not in str(info.value)
 
+
+# --- 11. pipes and users files ----------------------------------------------------------
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX pipes")
+@pytest.mark.parametrize("command", ["report", "sync"])
+def test_a_closed_stdout_pipe_exits_quietly(synced_cache: Path, command: str) -> None:
+    # `guru-analytics ... | head` where head has already exited: stdout's pipe is closed
+    env = {**os.environ, "GURUBASE_API_KEY": KEY}
+    with HostileServer(serve_listing(listing(60))) as srv:
+        args = ["report", "sessions", GURU, "--db", str(synced_cache), "-o", "-"]
+        if command == "sync":
+            args = ["sync", GURU, "--db", str(synced_cache), "--base-url", srv.base_url,
+                    "--rate-limit", "none", "--no-progress"]  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "guru_analytics", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+        )  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        err = proc.stderr.read()
+        code = proc.wait(timeout=120)
+    assert code == 141 and err == "", err  # a shell's code for SIGPIPE, and not a word
+    if command == "sync":  # the sync itself finished and was recorded before the print
+        store = Store(synced_cache)
+        try:
+            assert list(store.runs(GURU)["outcome"]) == ["ok", "ok"]
+        finally:
+            store.close()
+
+
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)  # opening it would block until a writer comes: it must not be opened
+    return path
+
+
+def _huge(path: Path) -> Path:
+    with path.open("wb") as fh:
+        fh.truncate(64 * 1024 * 1024)  # sparse: 64 MiB of NULs on no disk space
+    return path
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="/dev/zero, FIFOs")
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda tmp: Path("/dev/zero"), "not a regular file"),
+        (lambda tmp: _fifo(tmp / "ids.fifo"), "not a regular file"),
+        (lambda tmp: tmp, "not a regular file"),
+        (lambda tmp: _huge(tmp / "ids.txt"), "larger than 4 MiB"),
+    ],
+)
+def test_a_users_file_that_is_no_small_file_is_refused(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    key_env: None,
+    make: Callable[[Path], Path],
+    words: str,
+) -> None:
+    users = make(tmp_path)
+    db = tmp_path / "c.duckdb"
+    with HostileServer(serve_listing(listing(3))) as srv:
+        code, _out, err = sync_cli(srv, db, capsys, "--users-file", str(users))
+        assert srv.requests == []
+    line = one_error_line(err)
+    assert code == 2 and words in line and str(users) in line
+
 # --- the key stays out of everything ---------------------------------------------------
 
 
