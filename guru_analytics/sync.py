@@ -31,6 +31,7 @@ there) and pre-wait flushing through the limiter's observers; the tqdm bar is on
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import logging
@@ -49,7 +50,7 @@ import pandas as pd
 
 from .errors import ConfigError, GuruAnalyticsError, NotFoundError
 from .interrupts import is_interrupt, sigint_held_off
-from .paging import DEFAULT_TIE_REREAD_BUDGET, PageView, Pass, Row
+from .paging import DEFAULT_TIE_REREAD_BUDGET, PageView, Pass, Row, is_suspect
 from .progress import Phase, ProgressCallback, SyncProgress, TqdmProgress
 from .store import LISTING_COLUMNS, MESSAGE_COLUMNS, ListedPage, SyncState
 from .timestamps import utc_now
@@ -87,6 +88,9 @@ MESSAGE_CHUNK = 500
 # phase. Answers are also written before any wait that releases the cache file and when the
 # phase ends or fails, so a kill loses at most this many (they stay pending, fetched again).
 MESSAGE_BATCH = 50
+# Distinct ids kept per kind of odd row (suspect last_used, repaired text) for the summary's
+# notes: such rows are rare, and a hostile listing of nothing else must not fill memory.
+ODD_IDS_KEPT = 10_000
 
 
 # --- the summary ----------------------------------------------------------------------------
@@ -452,6 +456,26 @@ class _CachedRow(NamedTuple):
     extra: str | None
 
 
+class _OddIds:
+    """Distinct ids of rare rows, for a note; counts past ``ODD_IDS_KEPT`` are a lower bound."""
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+        self.more = False
+
+    def add(self, sid: str) -> None:
+        if len(self.ids) < ODD_IDS_KEPT:
+            self.ids.add(sid)
+        elif sid not in self.ids:
+            self.more = True
+
+    def __bool__(self) -> bool:
+        return bool(self.ids)
+
+    def __str__(self) -> str:
+        return f"{len(self.ids)}{'+' if self.more else ''}"
+
+
 class _Syncer:
     """State of one sync() call: the client, the store, counters, the page batch, progress."""
 
@@ -480,6 +504,8 @@ class _Syncer:
         self.max_top_ups = max_top_ups
         self.base = progress.base
         self.answers = _Answers(store, guru)
+        self.suspect = _OddIds()  # listed with a last_used that cannot be true
+        self.repaired = _OddIds()  # listed with undecodable text, stored repaired
 
     # --- bookkeeping ---
 
@@ -589,11 +615,14 @@ class _Syncer:
                 search_query=listing.search_query,
                 external_user_id=user,
             )
-            p.feed(
-                PageView(
-                    page.page_num, page.has_more, [Row(s.id, s.last_used) for s in page.sessions]
-                )
-            )
+            now = page.date or self.clock()  # the server's clock, else ours
+            rows = [Row(s.id, s.last_used, is_suspect(s.last_used, now)) for s in page.sessions]
+            for s, row in zip(page.sessions, rows, strict=True):
+                if row.suspect:
+                    self.suspect.add(s.id)
+                if s.repaired:
+                    self.repaired.add(s.id)
+            p.feed(PageView(page.page_num, page.has_more, rows))
             state = {"pass_top": p.top, "pass_next_page": p.resume_page} if save else {}
             self.batch.add(listing.key, ListedPage(page.sessions, user), **state)
             if self.batch.due():
@@ -608,6 +637,19 @@ class _Syncer:
             self.summary.notes.append(
                 f"{_listing_label(listing.key)}: {p.stats.tie_members_missing} session(s) of "
                 f"{p.stats.ties_unresolved} tie group(s) stayed hidden after re-reads"
+            )
+
+    def note_odd_rows(self) -> None:
+        """Say in the summary how many sessions came with suspect or repaired fields."""
+        if self.suspect:
+            self.summary.notes.append(
+                f"{self.suspect} suspect session(s): last_used later than the server's clock "
+                "+ 1 day or before 2023; kept, but never used as a watermark"
+            )
+        if self.repaired:
+            self.summary.notes.append(
+                f"{self.repaired} session(s) had undecodable text (lone UTF-16 surrogates), "
+                "stored with U+FFFD in its place"
             )
 
     # --- deletions ---
@@ -905,7 +947,7 @@ def sync(
     if users is None and not guru_wide:
         raise ConfigError("nothing to sync: pass users=[...] or keep guru_wide=True")
     listings = listings_for(users, search, guru_wide=guru_wide)
-    plans = [_plan(store, guru, listing, full) for listing in listings]
+    plans = [_plan(store, guru, listing, full, clock) for listing in listings]
     modes = {p.mode for p in plans}
     run_mode = "resume" if "resume" in modes else "full" if "full" in modes else "incremental"
     keys = [lst.key for lst in listings]
@@ -952,6 +994,7 @@ def sync(
             except BaseException:
                 batch.flush_after_error()
                 raise
+            syncer.note_odd_rows()
             if messages:
                 syncer.fetch_messages(max_requests)
         summary.outcome = "ok"
@@ -986,9 +1029,15 @@ def sync(
     return summary
 
 
-def _plan(store: Store, guru: str, listing: Listing, full: bool) -> _Plan:
-    """How one listing is read: resume its interrupted pass, a full pass, or incremental."""
+def _plan(
+    store: Store, guru: str, listing: Listing, full: bool, clock: Callable[[], datetime]
+) -> _Plan:
+    """How one listing is read: resume its interrupted pass, a full pass, or incremental.
+    A watermark that cannot be true (written before suspect rows were recognised) is
+    ignored: a full pass replaces it."""
     state = store.get_state(guru, listing.key)
+    if state is not None and state.watermark is not None and is_suspect(state.watermark, clock()):
+        state = dataclasses.replace(state, watermark=None)
     if (
         state is not None
         and state.pass_next_page is not None

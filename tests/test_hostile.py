@@ -530,7 +530,6 @@ def test_a_report_too_big_for_memory_is_one_line(synced_cache: Path) -> None:
 # --- 5. a far-future last_used --------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=STORE_SPLIT.format(5))
 def test_a_far_future_last_used_does_not_hide_later_sessions(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], key_env: None
 ) -> None:
@@ -547,6 +546,67 @@ def test_a_far_future_last_used_does_not_hide_later_sessions(
     assert stored_ids(db) >= {s["id"] for s in new}
     assert "suspect" in out
 
+
+
+def test_a_suspect_watermark_left_by_an_older_sync_is_replaced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key_env: None
+) -> None:
+    items = listing(90)
+    db = tmp_path / "c.duckdb"
+    with HostileServer(serve_listing(items)) as srv:
+        assert sync_cli(srv, db, capsys)[0] == 0
+        store = Store(db)  # as a sync before this fix left it: the 9999 row's watermark
+        store.save_state(GURU, "", watermark=datetime(9999, 12, 31, tzinfo=UTC))
+        store.close()
+        code, out, _err = sync_cli(srv, db, capsys)
+    assert code == 0 and "full" in out  # read again, in full, not stopped at page 1
+    store = Store(db)
+    try:
+        state = store.get_state(GURU, "")
+    finally:
+        store.close()
+    assert state is not None and state.watermark == max(
+        datetime.fromisoformat(s["last_used"].replace("Z", "+00:00")) for s in items
+    )
+
+
+@pytest.fixture
+def suspect_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str], key_env: None) -> Path:
+    items = [
+        session(900, datetime(9999, 12, 31, tzinfo=UTC)),
+        *listing(60),
+        {**session(901, T0), "last_used": "0001-01-01T00:00:00Z"},
+    ]
+    db = tmp_path / "c.duckdb"
+    with HostileServer(serve_listing(items)) as srv:
+        code, out, _err = sync_cli(srv, db, capsys)
+    assert code == 0 and "2 suspect session(s)" in out
+    assert stored_ids(db) == {s["id"] for s in items}  # kept, all of them
+    return db
+
+
+@pytest.mark.parametrize("freq", ["hour", "day"])
+def test_suspect_instants_do_not_stretch_a_report_s_default_range(
+    suspect_cache: Path, tmp_path: Path, freq: str
+) -> None:
+    out_csv = tmp_path / "activity.csv"
+    args = ["--db", str(suspect_cache), "--freq", freq, "-o", str(out_csv)]
+    assert main(["report", "activity", GURU, *args]) == 0
+    buckets = pd.to_datetime(pd.read_csv(out_csv)["bucket"], utc=True)
+    newest = T0 + timedelta(hours=1)
+    assert buckets.min() >= T0 - timedelta(days=3) and buckets.max() <= newest
+    assert len(buckets) < 100
+
+
+def test_a_huge_explicit_range_at_hourly_buckets_is_refused_with_its_size(
+    suspect_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--db", str(suspect_cache), "--freq", "hour", "--start", "0001-01-01", "-o", "-"]
+    assert main(["report", "activity", GURU, *args]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "buckets, more than 200,000" in line and "--freq" in line
+    assert main(["plot", "activity", GURU, *args[:-2], "-o", str(tmp_path / "a.png")]) == 2
+    assert "more than 200,000" in one_error_line(capsys.readouterr().err)
 
 # --- 6. an undecodable title ----------------------------------------------------------
 
@@ -576,6 +636,33 @@ def test_a_lone_surrogate_title_is_repaired_and_the_sync_completes(
     finally:
         store.close()
     assert title == ("bad \ufffd title",)
+
+
+def test_a_page_carries_the_server_s_date() -> None:
+    # the sync judges last_used against the server's clock (its Date header), not ours
+    with (
+        HostileServer(lambda req: Reply(body=page(listing(1), False))) as srv,
+        GurubaseClient(KEY, srv.base_url, rate_limit=None) as client,
+    ):
+        got = client.list_sessions(GURU, 1)
+    assert got.date is not None and got.date.utcoffset() == timedelta(0)
+
+
+def test_the_sync_summary_counts_repaired_sessions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key_env: None
+) -> None:
+    items = listing(60)
+    text = json.dumps(paged(items, 1))
+    for n in (3, 7):
+        text = text.replace(f'"question {n}"', '"bad \\ud800 title"')
+
+    def script(req: Request) -> Reply:
+        return Reply(body=text if req.body["page_num"] == 1 else paged(items, 2))
+
+    with HostileServer(script) as srv:
+        code, out, err = sync_cli(srv, tmp_path / "c.duckdb", capsys)
+    assert code == 0, err
+    assert "2 session(s) had undecodable text" in out
 
 
 def test_the_client_notes_which_fields_it_repaired() -> None:
