@@ -289,8 +289,11 @@ class Pass:
     def _feed_forward(self, view: PageView) -> None:
         self.stats.pages += 1
         self._next_forward = view.page_num + 1
-        self._check_progress(view)  # every row, suspect or not, is something shown
-        rows = _timed(view).rows
+        timed = _timed(view)
+        # progress is judged on timed rows too: one year-1 row out of order must not freeze
+        # the frontier (a listing showing nothing but suspect rows for pages is not real)
+        self._check_progress(timed)
+        rows = timed.rows
         if rows and not self._ties_seen:
             self._ties_seen = len({r.last_used for r in rows}) < len({r.id for r in rows})
         if rows:

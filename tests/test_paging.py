@@ -464,3 +464,15 @@ def test_a_suspect_row_sets_no_top_max_seen_or_stop() -> None:
     q = Pass(stop_below=ts(10))
     more = {1: PageView(1, True, [ancient]), 2: PageView(2, False, rows(("x", 1)))}
     assert drive(q, lambda n: more[n]) == [1, 2] and q.max_seen == ts(1)
+
+
+def test_a_year_1_row_out_of_order_does_not_look_like_an_endless_listing() -> None:
+    ancient = Row("a", datetime(1, 1, 1, tzinfo=UTC), suspect=True)
+    n = STALL_SLACK + 5
+
+    def answer(page: int) -> PageView:
+        body = rows(*((f"r{page}-{i}", page * 30 + i) for i in range(30)))
+        return PageView(page, page < n, [ancient, *body] if page == 1 else body)
+
+    p = Pass()
+    assert drive(p, answer) == list(range(1, n + 1))
