@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import analytics, rate_limit, request_efficiency, scaling, throughput
+from . import analytics, questions, rate_limit, request_efficiency, scaling, throughput
 from .machine import header
 from .plan import FULL, QUICK, Plan
 from .table import Report, Row, render
@@ -30,6 +30,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Plan, Path, Callable[[str], None]], lis
     "throughput": (throughput.SECTION, throughput.run),
     "analytics": (analytics.SECTION, analytics.run),
     "scaling": (scaling.SECTION, scaling.run),
+    "questions": (questions.SECTION, questions.run),
 }
 
 log = logging.getLogger("benchmarks")

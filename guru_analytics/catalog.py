@@ -43,6 +43,9 @@ METRIC_LABELS: dict[str, str] = {
     "active_days": "Active days",
     "active_weeks": "Active weeks",
     "share": "Share of sessions",
+    "questions": "Questions",
+    "follow_ups": "Follow-up questions",
+    "unanswered": "Unanswered questions",
 }
 """Human labels of metrics (axis labels, titles, dashboard menus)."""
 
@@ -75,6 +78,7 @@ class Report:
     options: frozenset[str]
     needs_messages: bool = False
     demo: Outputs = field(default=())  # CSVs the demo writes: (file stem, frame parameters)
+    needs_questions: bool = False  # rows of Export Analytics (`sync --questions`)
 
     def takes(self, option: str) -> bool:
         return option in self.options
@@ -90,6 +94,7 @@ class Chart:
     plot_options: frozenset[str]
     needs_messages: bool = False
     demo: Outputs = field(default=())  # PNGs the demo writes: (file stem, chart parameters)
+    needs_questions: bool = False
 
 
 _USER = Column("user", "str", "external user id, or `(unattributed)` (only with `by='user'`)")
@@ -237,7 +242,10 @@ _ENTRIES = (
             Column("current_end", "datetime", "end of the last period (exclusive, = now)"),
             Column("previous_start", "datetime", "start of the previous period (inclusive)"),
             Column("previous_end", "datetime", "end of the previous period (exclusive)"),
-            Column("basis", "str", "`observations` or `observations+messages`"),
+            Column(
+                "basis", "str",
+                "`observations`, plus `+messages` and/or `+questions` when those were used",
+            ),
         ),
         frozenset({"period", "now", "tz", "users", "search", "include_deleted"}),
         demo=(("summary", {"period": "28d"}),),
@@ -299,6 +307,73 @@ _ENTRIES = (
         _BUCKETED,
         needs_messages=True,
     ),
+    Report(
+        "questions", "questions", "one row per exported question (Export Analytics), oldest first",
+        (
+            Column("guru", "str", "guru slug"),
+            Column("asked_at", "datetime", "the minute the question was asked (the export has no seconds)"),
+            Column("answered", "bool", "false for a question the guru could not answer"),
+            Column("source", "str", "display label: Gurubase UI, Widget, Api, Slack, Discord, GitHub, ..."),
+            Column("question", "str", "the user's text"),
+            Column("trust_score", "float", "trust score 0-1; empty for unanswered questions"),
+            Column("follow_up", "bool", "true for a question asked in an existing session"),
+            Column(
+                "session_id", "str",
+                "the session named in the row's URL; empty for first questions of web, widget "
+                "and API sessions, questions outside any session and unanswered ones",
+            ),
+            Column("title", "str", "the linked session's first question, when cached"),
+            Column("url", "str", "the question's page; empty for unanswered questions"),
+        ),
+        _FILTERS | {"tz"},
+        needs_questions=True,
+        demo=(("questions", {}),),
+    ),
+    Report(
+        "question_sources", "question_sources", "exported questions per bucket per source",
+        (
+            _BUCKET,
+            Column("source", "str", "display label of the source (Gurubase UI, Widget, Slack, ...)"),
+            Column("questions", "int", "answered questions from that source in the bucket"),
+            Column("follow_ups", "int", "of those, follow-ups in an existing session"),
+            Column("unanswered", "int", "questions from that source the guru could not answer"),
+        ),
+        _BUCKETED,
+        needs_questions=True,
+        demo=(("question_sources", {"freq": "week"}),),
+    ),
+    Report(
+        "question_trust", "question_trust", "trust scores of exported questions per bucket",
+        (
+            _BUCKET,
+            Column("questions", "int", "answered questions in the bucket"),
+            Column("scored", "int", "of those, with a trust score"),
+            Column("mean_trust_score", "float", "mean trust score (0-1); empty when none scored"),
+            Column("median_trust_score", "float", "median trust score (0-1); empty when none scored"),
+            Column("low_trust", "int", "answered questions with a trust score below 0.5"),
+        ),
+        _BUCKETED,
+        needs_questions=True,
+    ),
+    Report(
+        "unanswered", "unanswered", "answered and unable-to-answer questions per bucket",
+        (
+            _BUCKET,
+            Column("questions", "int", "answered questions in the bucket"),
+            Column(
+                "unanswered", "int",
+                "questions the guru could not answer (never linked to a session, so left out "
+                "with `users` or `search`)",
+            ),
+            Column(
+                "unanswered_share", "float",
+                "unanswered / (questions + unanswered); empty for a bucket with neither",
+            ),
+        ),
+        _BUCKETED,
+        needs_questions=True,
+        demo=(("unanswered", {"freq": "week"}),),
+    ),
 )  # fmt: skip
 
 REPORTS: dict[str, Report] = {r.name: r for r in _ENTRIES}
@@ -324,6 +399,13 @@ CHARTS: dict[str, Chart] = {
         Chart("binge_length", "sessions", "plot_binge_length", frozenset({"bins", "title"}),
               needs_messages=True, demo=(("binge_length", {}),)),
         Chart("trust", "votes", "plot_trust", frozenset({"title"}), needs_messages=True),
+        Chart("question_sources", "question_sources", "plot_question_sources",
+              frozenset({"kind", "top", "title"}), needs_questions=True,
+              demo=(("question_sources", {"freq": "week"}),)),
+        Chart("question_trust", "question_trust", "plot_question_trust", frozenset({"title"}),
+              needs_questions=True, demo=(("question_trust", {"freq": "week"}),)),
+        Chart("unanswered", "unanswered", "plot_unanswered", frozenset({"title"}),
+              needs_questions=True, demo=(("unanswered", {"freq": "week"}),)),
     )
 }  # fmt: skip
 """Chart name -> Chart."""
@@ -354,7 +436,7 @@ def columns_markdown() -> str:
     """The README's column list, one bullet per report (a test keeps the README equal to it)."""
     lines = []
     for r in REPORTS.values():
-        needs = " (needs messages)" if r.needs_messages else ""
+        needs = _needs(r)
         cols = "; ".join(f"`{c.name}` {c.doc}" for c in r.columns)
         lines.append(f"- **{r.name}**{needs}: {cols}.")
     return "\n".join(lines)
@@ -369,6 +451,13 @@ def reports_markdown() -> str:
     for r in REPORTS.values():
         options = ", ".join(f"`{o}`" for o in OPTIONS if o in r.options)
         drawn = ", ".join(f"`{c}`" for c in charts.get(r.name, [])) or "-"
-        needs = " (needs messages)" if r.needs_messages else ""
+        needs = _needs(r)
         lines.append(f"| `{r.name}` | {r.doc}{needs} | {options} | {drawn} |")
     return "\n".join(lines)
+
+
+def _needs(r: Report) -> str:
+    """The README's note of what a report needs beyond the listings."""
+    if r.needs_messages:
+        return " (needs messages)"
+    return " (needs questions)" if r.needs_questions else ""

@@ -359,6 +359,10 @@ def _add_sync(sub: argparse._SubParsersAction, name: str) -> None:
         help="also fetch the messages of new/changed sessions (one request per session)",
     )
     p.add_argument(
+        "--questions", action="store_true",
+        help="also store every question since the last export (Export Analytics: one request)",
+    )
+    p.add_argument(
         "--max-requests", type=_whole_non_negative, default=None, metavar="N",
         help="at most N requests for --messages (the rest waits for the next run)",
     )
@@ -385,6 +389,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         search=args.search,
         full=args.full,
         messages=args.messages,
+        questions=args.questions,
         max_requests=args.max_requests,
         progress=False if args.no_progress else None,
     )
@@ -612,6 +617,8 @@ def _add_demo(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--tz", default="UTC", help="IANA time zone of buckets and timestamps (default UTC)")
     p.add_argument("--no-messages", action="store_true",
                    help="skip Get Session (no messages, binge length or sources outputs)")  # fmt: skip
+    p.add_argument("--no-questions", action="store_true",
+                   help="skip Export Analytics (no question outputs)")  # fmt: skip
     bar = p.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None,
                      help="always show the progress bar (default: when stderr is a terminal)")  # fmt: skip
@@ -632,11 +639,48 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         tz=check_tz(args.tz),
         messages=not args.no_messages,
         progress=args.progress,
+        questions=not args.no_questions,
     )
     return 0
 
 
 COMMANDS["demo"] = (_add_demo, _cmd_demo)
+
+# --- dashboard ------------------------------------------------------------------------
+# (section owned by the web dashboard work, issue 12)
+
+
+def _add_dashboard(sub: argparse._SubParsersAction, name: str) -> None:
+    p = sub.add_parser(
+        name,
+        help="serve the dashboard as a web page (needs: pip install 'guru-analytics[web]')",
+        description="Serve the interactive dashboard of a cached guru as a web page with Voila "
+        "on 127.0.0.1 and print its URL. Works on an existing cache without a key; with "
+        "GURUBASE_API_KEY set, its Sync now button brings the cache up to date. Ctrl-C stops it. "
+        "Needs Voila: pip install 'guru-analytics[web]'.",
+    )
+    p.add_argument("guru", metavar="GURU", help="the guru slug (from the guru's URL)")
+    p.add_argument(
+        "--db", default=None, help="cache file (default $GURU_ANALYTICS_DB or the user cache dir)"
+    )
+    p.add_argument("--port", type=_whole_non_negative, default=8866,
+                   help="port on 127.0.0.1 (default 8866; 0 = any free port)")  # fmt: skip
+    p.add_argument("--tz", default="UTC", help="IANA time zone the page starts in (default UTC)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from .store import default_cache_path
+    from .timestamps import check_tz
+    from .web import serve
+
+    db = args.db if args.db else str(default_cache_path())
+    return serve(
+        args.guru, db, port=args.port, tz=check_tz(args.tz), open_browser=not args.no_browser
+    )
+
+
+COMMANDS["dashboard"] = (_add_dashboard, _cmd_dashboard)
 
 
 

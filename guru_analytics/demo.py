@@ -77,12 +77,14 @@ def run_demo(
     messages: bool = True,
     progress: bool | None = None,
     stdout: TextIO | None = None,
+    questions: bool = True,
     monotonic: Callable[[], float] = time.monotonic,
 ) -> DemoResult:
     """Run the demo into ``out`` and print what happened (see the module docstring)."""
     from .guru import Guru
     from .server import LocalGurubase
     from .synthetic import DEFAULT_END
+    from .timestamps import running_from
 
     echo = _printer(stdout)
     for value, name in ((n_sessions, "n_sessions"), (n_users, "n_users"), (days, "days")):
@@ -94,6 +96,9 @@ def run_demo(
     out_dir.mkdir(parents=True, exist_ok=True)
     db = out_dir / "cache.duckdb"
 
+    # The server's clock runs on from the data's fixed end, so Export Analytics intervals
+    # (computed on the server's clock, up to 12 months back) cover the synthetic history.
+    clock = running_from(DEFAULT_END)
     srv = LocalGurubase.demo(
         n_sessions,
         n_users,
@@ -102,6 +107,7 @@ def run_demo(
         end=DEFAULT_END,
         rate_limit=rate_limit,
         rate_window=60.0,
+        clock=clock,
     )
     with srv:
         assert srv.guru_slug is not None
@@ -121,14 +127,15 @@ def run_demo(
             rate_window=60.0,
             users=users,
             tz=tz,
+            clock=clock,
         )
-        summary = guru.sync(messages=messages, progress=progress)
+        summary = guru.sync(messages=messages, progress=progress, questions=questions)
     incremental = summary.mode == "incremental"
-    echo(_sync_line(summary))
+    echo(_sync_line(summary, questions=questions))
 
     result = DemoResult(out=out_dir, db=db, sync=summary, incremental=incremental)
     try:
-        _write_outputs(guru, result, messages=messages)
+        _write_outputs(guru, result, messages=messages, questions=questions)
     finally:
         guru.close()
     result.seconds = monotonic() - t0
@@ -136,7 +143,9 @@ def run_demo(
     return result
 
 
-def _write_outputs(guru: Guru, result: DemoResult, *, messages: bool) -> None:
+def _write_outputs(
+    guru: Guru, result: DemoResult, *, messages: bool, questions: bool = True
+) -> None:
     """CSV reports and PNG charts from the cache (reads only)."""
     from . import frames, plots, reports
 
@@ -151,7 +160,7 @@ def _write_outputs(guru: Guru, result: DemoResult, *, messages: bool) -> None:
     with guru.reader() as con:
         for stem, (report, params) in CSV_REPORTS.items():
             entry = catalog.REPORTS[report]
-            if entry.needs_messages and not messages:
+            if (entry.needs_messages and not messages) or (entry.needs_questions and not questions):
                 continue
             kwargs = {**_defaults(entry.options, guru.tz), **params}
             if report == "summary":
@@ -160,7 +169,10 @@ def _write_outputs(guru: Guru, result: DemoResult, *, messages: bool) -> None:
             reports.export(con, report, path, guru.slug, **kwargs)
             result.csvs[stem] = path
         for stem, (chart, params) in PNG_CHARTS.items():
-            if catalog.CHARTS[chart].needs_messages and not messages:
+            entry_chart = catalog.CHARTS[chart]
+            if (entry_chart.needs_messages and not messages) or (
+                entry_chart.needs_questions and not questions
+            ):
                 continue
             kwargs = {**_defaults(catalog.chart_options(chart), guru.tz), **params}
             ax = plots.chart(con, chart, guru.slug, **kwargs)
@@ -173,15 +185,20 @@ def _defaults(options: frozenset[str], tz: str) -> dict[str, Any]:
     return {k: v for k, v in (("tz", tz), ("now", DEMO_NOW)) if k in options}
 
 
-def _sync_line(s: SyncSummary) -> str:
+def _sync_line(s: SyncSummary, *, questions: bool = False) -> str:
     n_listings = len(s.listings)
+    exports = 1 if questions else 0  # one Export Analytics request per sync
+    requests = s.requests - exports
     head = (
-        f"{s.mode.capitalize()} sync: {s.requests:,} requests for {n_listings} listings "
+        f"{s.mode.capitalize()} sync: {requests:,} requests for {n_listings} listings "
         f"({s.pages:,} pages), {s.sessions_new:,} new and {s.sessions_changed:,} changed "
-        f"sessions, messages of {s.messages_fetched:,} sessions, {s.seconds:.1f} s"
+        f"sessions, messages of {s.messages_fetched:,} sessions"
     )
+    if questions:
+        head += f", 1 request for every question since the last export ({s.questions_new:,} new)"
+    head += f", {s.seconds:.1f} s"
     if s.mode == "incremental":
-        per = s.requests / max(1, n_listings)
+        per = requests / max(1, n_listings)
         head += (
             f". The cache was already up to date: {per:.1f} requests per listing, nothing "
             "re-downloaded."

@@ -159,13 +159,18 @@ class Guru:
         a temporary directory removed by ``close()``. Rate limits default to off."""
         from .server import LocalGurubase
         from .synthetic import DEFAULT_END
+        from .timestamps import running_from
 
+        data_end = end if end is not None else DEFAULT_END
+        # The server's clock runs on from the data's end, so `sync(questions=True)` (Export
+        # Analytics, up to 12 months back from the server's now) finds the synthetic history.
+        server_options.setdefault("clock", running_from(data_end))
         srv = LocalGurubase.demo(
             n_sessions,
             n_users,
             days,
             seed=seed,
-            end=end if end is not None else DEFAULT_END,
+            end=data_end,
             rate_limit=server_rate_limit,
             **server_options,
         ).start()
@@ -275,6 +280,7 @@ class Guru:
         max_requests: int | None = None,
         progress: bool | None = None,
         on_progress: ProgressCallback | None = None,
+        questions: bool = False,
     ) -> SyncSummary:
         """Bring the cache up to date: the guru-wide listing and one listing per user, in one
         run with one summary (``sync.sync``).
@@ -282,8 +288,10 @@ class Guru:
         ``users`` defaults to the ids given at construction (``[]`` = none);
         ``guru_wide=False`` reads only their listings (a partial cache). ``messages`` then
         fetches the conversations of new or changed sessions (one request each, at most
-        ``max_requests``). ``on_progress(SyncProgress)`` hears every page, answer and wait
-        second. The first run reads everything; later runs stop at what the cache has.
+        ``max_requests``). ``questions`` stores every question since the last export (one
+        Export Analytics request, guru-wide, after the listings). ``on_progress(SyncProgress)``
+        hears every page, answer, the export and each wait second. The first run reads
+        everything; later runs stop at what the cache has.
         """
         from .client import GurubaseClient
         from .sync import sync as run_sync
@@ -313,6 +321,7 @@ class Guru:
                 search=search,
                 full=full,
                 messages=messages,
+                questions=questions,
                 max_requests=max_requests,
                 progress=progress,
                 on_progress=on_progress,
@@ -562,5 +571,3 @@ def _stop_local(srv: LocalGurubase, tmpdir: str | None) -> None:
     srv.stop()
     if tmpdir is not None:
         shutil.rmtree(tmpdir, ignore_errors=True)
-
-

@@ -473,6 +473,68 @@ def plot_trust(df: pd.DataFrame, *, ax: Axes | None = None, title: str | None = 
     return ax
 
 
+def plot_question_sources(
+    df: pd.DataFrame,
+    *,
+    kind: str = "bar",
+    top: int = 6,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Axes:
+    """Exported questions per bucket stacked by source, from ``frames.question_sources``."""
+    _need(df, ["bucket", "source", "questions"], "question_sources")
+    ax = _axes(ax)
+    tz, freq = _tz(df), _freq(df)
+    wide = frames.top_n(df, "questions", top, "source")
+    _bars_or_lines(ax, wide, freq, kind)
+    _date_axis(ax, tz)
+    _count_axis(ax)
+    ax.set_ylabel("Questions")
+    _legend(ax)
+    ax.set_title(title or _bucket_title("Questions", freq, tz, " by source"))
+    ax.margins(x=0.01)
+    return ax
+
+
+def plot_question_trust(
+    df: pd.DataFrame, *, ax: Axes | None = None, title: str | None = None
+) -> Axes:
+    """Mean and median trust score (0-1) of exported questions per bucket, from
+    ``frames.question_trust`` (gaps where nothing was scored)."""
+    _need(df, ["bucket", "mean_trust_score", "median_trust_score"], "question_trust")
+    ax = _axes(ax)
+    tz, freq = _tz(df), _freq(df)
+    x = _num(df["bucket"])
+    for column, label in (("mean_trust_score", "mean"), ("median_trust_score", "median")):
+        ax.plot(x, df[column].to_numpy(dtype=float), marker="o", markersize=3, label=label)
+    ax.set_ylim(0, 1)
+    _date_axis(ax, tz)
+    ax.set_ylabel("Trust score (0-1)")
+    _legend(ax)
+    ax.set_title(title or _bucket_title("Trust score of questions", freq, tz))
+    return ax
+
+
+def plot_unanswered(
+    df: pd.DataFrame, *, ax: Axes | None = None, title: str | None = None
+) -> Axes:
+    """Answered and unanswered questions per bucket (stacked bars), from ``frames.unanswered``."""
+    _need(df, ["bucket", "questions", "unanswered"], "unanswered")
+    ax = _axes(ax)
+    tz, freq = _tz(df), _freq(df)
+    wide = df.set_index("bucket")[["questions", "unanswered"]].rename(
+        columns={"questions": "answered", "unanswered": "unanswered"}
+    )
+    _bars_or_lines(ax, wide, freq, "bar")
+    _date_axis(ax, tz)
+    _count_axis(ax)
+    ax.set_ylabel("Questions")
+    _legend(ax)
+    ax.set_title(title or _bucket_title("Answered and unanswered questions", freq, tz))
+    ax.margins(x=0.01)
+    return ax
+
+
 # --- from the cache in one call ---------------------------------------------------------
 
 PlotFn = Callable[..., Axes]

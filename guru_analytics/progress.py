@@ -2,11 +2,14 @@
 
 The sync emits ``SyncProgress`` through one callback; the CLI's tqdm bar, the notebook bar and
 the dashboard are consumers of that callback, so none of them computes its own pace or ETA.
-This module imports nothing from the client, the store or the sync.
+``ProgressEstimator`` is the sync's side: it keeps the counts and the estimated total and
+emits the reports. This module imports nothing from the client, the store or the sync.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -79,13 +82,14 @@ def describe(progress: SyncProgress) -> str:
     if progress.phase == "wait":
         parts.append(f"waiting {progress.wait_seconds:.0f} s")
     if progress.eta_seconds is not None and progress.phase != "done":
-        parts.append(f"ETA {_duration(progress.eta_seconds)}")
+        parts.append(f"ETA {duration_text(progress.eta_seconds)}")
     elif progress.total_requests is None and progress.phase != "done":
         parts.append("total unknown (first sync)")
     return ", ".join(parts)
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """``45 s``, ``12 min 05 s``, ``1 h 40 min``: how every bar writes an ETA."""
     seconds = int(round(seconds))
     if seconds < 60:
         return f"{seconds} s"
@@ -94,3 +98,109 @@ def _duration(seconds: float) -> str:
         return f"{minutes} min {seconds:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
+
+
+class ProgressEstimator:
+    """The sync's side of the contract: counts, pace and the run's estimated total, reported
+    to every callback as ``SyncProgress``.
+
+    The total is known when the cache already holds the guru (incremental or ``--full``):
+    a full listing costs its cached size in pages plus a top-up, an incremental one at least
+    one request, messages one request per pending session. The fraction never goes back.
+    """
+
+    def __init__(
+        self,
+        callbacks: Sequence[ProgressCallback],
+        requests: Callable[[], int],
+        seconds_per_request: float | None,
+        monotonic: Callable[[], float],
+    ) -> None:
+        self.callbacks = list(callbacks)
+        self.requests = requests  # HTTP requests so far in this run
+        self.limit_pace = seconds_per_request  # under an active rate limit, W/R
+        self.monotonic = monotonic
+        self.t0 = monotonic()
+        self.listing = ""
+        self.pages = 0
+        self.sessions = 0
+        self.total_sessions: int | None = None
+        self.plan: list[int] = []  # estimated requests of each listing not finished yet
+        self.current_start = 0  # requests when the current listing started
+        self.messages_planned = 0
+        self.questions_planned = 0  # the one export request, while it is still to come
+        self.known = False
+        self.fraction = 0.0
+
+    def pace(self) -> float | None:
+        """The rate limit's average pace, else the run's measured one."""
+        if self.limit_pace:
+            return float(self.limit_pace)
+        done = self.requests()
+        return (self.monotonic() - self.t0) / done if done else None
+
+    def total(self) -> int | None:
+        if not self.known:
+            return None
+        done = self.requests()
+        remaining = sum(self.plan[1:]) + self.questions_planned + self.messages_planned
+        if self.plan:
+            remaining += max(1, self.plan[0] - (done - self.current_start))
+        return done + remaining
+
+    def emit(self, phase: Phase, wait: float = 0.0) -> None:
+        if not self.callbacks:
+            return
+        done = self.requests()
+        total = self.total() if phase != "done" else done
+        pace = self.pace()
+        if total is not None and total > 0:
+            self.fraction = max(self.fraction, min(1.0, done / total))
+        if phase == "done":
+            self.fraction = 1.0
+        eta = None
+        if total is not None and pace is not None:
+            eta = max(0.0, (total - done) * pace) + wait
+        report = SyncProgress(
+            phase=phase,
+            listing=self.listing if phase in ("listing", "wait") else "",
+            requests=done,
+            pages=self.pages,
+            sessions=self.sessions,
+            total_requests=total,
+            total_sessions=self.total_sessions,
+            seconds_per_request=pace,
+            eta_seconds=eta,
+            wait_seconds=max(0.0, wait) if phase == "wait" else 0.0,
+            fraction=self.fraction if total is not None or phase == "done" else None,
+        )
+        for callback in self.callbacks:
+            callback(report)
+
+    def start_listing(self, label: str) -> None:
+        self.listing = label
+        self.current_start = self.requests()
+
+    def end_listing(self) -> None:
+        if self.plan:
+            self.plan.pop(0)
+
+
+def bar_wanted(progress: bool | None) -> bool:
+    """``None``: a bar when a person is watching (stderr is a terminal, or a Jupyter kernel)."""
+    if progress is not None:
+        return bool(progress)
+    try:
+        if sys.stderr is not None and sys.stderr.isatty():
+            return True
+    except (AttributeError, ValueError):
+        pass
+    return _in_jupyter_kernel()
+
+
+def _in_jupyter_kernel() -> bool:
+    """True inside a Jupyter kernel (not merely when ipykernel was imported somewhere)."""
+    ipython = sys.modules.get("IPython")
+    get_ipython = getattr(ipython, "get_ipython", None)
+    shell = get_ipython() if callable(get_ipython) else None
+    return type(shell).__name__ == "ZMQInteractiveShell"

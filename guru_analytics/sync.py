@@ -25,6 +25,9 @@ summary says so). Each listing:
 With ``messages=True`` sessions that are new or changed since their messages were fetched
 get one Get Session each (newest first, at most ``max_requests`` requests).
 
+With ``questions=True`` (after the listings, before messages) one Export Analytics request
+stores every question since the last export (``sync_questions``), committed at once.
+
 Progress reaches callers through ``on_progress`` (``progress.SyncProgress``, see the contract
 there) and pre-wait flushing through the limiter's observers; the tqdm bar is one consumer.
 """
@@ -37,12 +40,11 @@ import json
 import logging
 import os
 import stat
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -51,13 +53,14 @@ import pandas as pd
 from .errors import ConfigError, GuruAnalyticsError, NotFoundError
 from .interrupts import is_interrupt, sigint_held_off
 from .paging import DEFAULT_TIE_REREAD_BUDGET, PageView, Pass, Row, is_suspect
-from .progress import Phase, ProgressCallback, SyncProgress, TqdmProgress
+from .progress import ProgressCallback, ProgressEstimator, TqdmProgress, bar_wanted
 from .store import LISTING_COLUMNS, MESSAGE_COLUMNS, ListedPage, SyncState
 from .timestamps import utc_now
+from .wire import export_range
 
 if TYPE_CHECKING:
     from .client import Conversation, GurubaseClient, Message
-    from .store import Store
+    from .store import QuestionWrite, Store
 
 _log = logging.getLogger("guru_analytics.sync")
 
@@ -68,7 +71,7 @@ RELEASE_BEFORE_WAIT = 1.0
 # whatever its size, so one per page dominated an unthrottled sync (measured in
 # benchmarks/throughput.py; 50 pages = 1,500 sessions, a fraction of a second of work).
 BATCH_PAGES = 50
-BATCH_SECONDS = 0.5
+BATCH_SECONDS = 0.25
 # An unthrottled sync yields the cache file this often, so a reader gets in within seconds.
 YIELD_EVERY = 3.0
 # DuckDB settings of the sync's connection. One thread: a page batch is small, and every extra
@@ -116,13 +119,15 @@ class SyncSummary:
     unverified: int = 0
     messages_fetched: int = 0
     messages_remaining: int = 0
+    questions_exported: int = 0
+    questions_new: int = 0
     seconds: float = 0.0
     outcome: str = "running"
     run_id: int | None = None
     notes: list[str] = field(default_factory=list)
 
     def _rows(self) -> list[tuple[str, str]]:
-        return [
+        rows = [
             ("listings", _listings_text(self.listings)),
             (
                 "requests",
@@ -140,6 +145,14 @@ class SyncSummary:
                 f"{self.messages_fetched} sessions fetched, {self.messages_remaining} remaining",
             ),
         ]
+        if self._questions_shown():
+            rows.append(
+                ("questions", f"{self.questions_exported} exported, {self.questions_new} new")
+            )
+        return rows
+
+    def _questions_shown(self) -> bool:
+        return bool(self.questions_exported or self.questions_new)
 
     def _head(self) -> str:
         run = f"run {self.run_id}" if self.run_id is not None else "no run"
@@ -155,10 +168,11 @@ class SyncSummary:
     def __repr__(self) -> str:
         """One line (a notebook cell ending in ``g.sync()`` shows this, not a field dump)."""
         notes = f", {len(self.notes)} note(s)" if self.notes else ""
+        questions = f", {self.questions_new} new questions" if self._questions_shown() else ""
         return (
             f"<SyncSummary {self.guru}: {self.mode}, {self.outcome}, {self.requests} requests, "
             f"{self.sessions_new} new, {self.sessions_changed} changed, "
-            f"{self.sessions_deleted} deleted{notes}>"
+            f"{self.sessions_deleted} deleted{questions}{notes}>"
         )
 
     def _repr_html_(self) -> str:
@@ -346,94 +360,6 @@ class _PageBatch:
 # --- progress -------------------------------------------------------------------------------
 
 
-class _Progress:
-    """Counts, pace and the run's estimated total, reported as ``SyncProgress``.
-
-    The total is known when the cache already holds the guru (incremental or ``--full``):
-    a full listing costs its cached size in pages plus a top-up, an incremental one at least
-    one request, messages one request per pending session. The fraction never goes back.
-    """
-
-    def __init__(
-        self,
-        client: GurubaseClient,
-        callbacks: Sequence[ProgressCallback],
-        monotonic: Callable[[], float],
-        base: tuple[int, int, int],
-    ) -> None:
-        self.client = client
-        self.callbacks = list(callbacks)
-        self.monotonic = monotonic
-        self.base = base
-        self.t0 = monotonic()
-        self.listing = ""
-        self.pages = 0
-        self.sessions = 0
-        self.total_sessions: int | None = None
-        self.plan: list[int] = []  # estimated requests of each listing not finished yet
-        self.current_start = 0  # requests when the current listing started
-        self.messages_planned = 0
-        self.known = False
-        self.fraction = 0.0
-
-    def requests(self) -> int:
-        return _counters(self.client)[0] - self.base[0]
-
-    def pace(self) -> float | None:
-        limiter = getattr(self.client, "limiter", None)
-        spr = getattr(limiter, "seconds_per_request", None)
-        if spr:
-            return float(spr)
-        done = self.requests()
-        return (self.monotonic() - self.t0) / done if done else None
-
-    def total(self) -> int | None:
-        if not self.known:
-            return None
-        done = self.requests()
-        remaining = sum(self.plan[1:]) + self.messages_planned
-        if self.plan:
-            remaining += max(1, self.plan[0] - (done - self.current_start))
-        return done + remaining
-
-    def emit(self, phase: Phase, wait: float = 0.0) -> None:
-        if not self.callbacks:
-            return
-        done = self.requests()
-        total = self.total() if phase != "done" else done
-        pace = self.pace()
-        if total is not None and total > 0:
-            self.fraction = max(self.fraction, min(1.0, done / total))
-        if phase == "done":
-            self.fraction = 1.0
-        eta = None
-        if total is not None and pace is not None:
-            eta = max(0.0, (total - done) * pace) + wait
-        report = SyncProgress(
-            phase=phase,
-            listing=self.listing if phase in ("listing", "wait") else "",
-            requests=done,
-            pages=self.pages,
-            sessions=self.sessions,
-            total_requests=total,
-            total_sessions=self.total_sessions,
-            seconds_per_request=pace,
-            eta_seconds=eta,
-            wait_seconds=max(0.0, wait) if phase == "wait" else 0.0,
-            fraction=self.fraction if total is not None or phase == "done" else None,
-        )
-        for callback in self.callbacks:
-            callback(report)
-
-    def start_listing(self, label: str) -> None:
-        self.listing = label
-        self.current_start = self.requests()
-
-    def end_listing(self) -> None:
-        if self.plan:
-            self.plan.pop(0)
-
-
 # --- the engine -----------------------------------------------------------------------------
 
 
@@ -486,7 +412,7 @@ class _Syncer:
         store: Store,
         clock: Callable[[], datetime],
         summary: SyncSummary,
-        progress: _Progress,
+        progress: ProgressEstimator,
         batch: _PageBatch,
         verify_budget: int,
         tie_reread_budget: int,
@@ -502,7 +428,7 @@ class _Syncer:
         self.verify_budget = verify_budget
         self.tie_reread_budget = tie_reread_budget
         self.max_top_ups = max_top_ups
-        self.base = progress.base
+        self.base = _counters(client)
         self.answers = _Answers(store, guru)
         self.suspect = _OddIds()  # listed with a last_used that cannot be true
         self.repaired = _OddIds()  # listed with undecodable text, stored repaired
@@ -530,7 +456,8 @@ class _Syncer:
 
     # --- one listing ---
 
-    def run_listing(self, plan: _Plan) -> None:
+    def run_listing(self, plan: _Plan) -> datetime | None:
+        """Read one listing (see the module docstring); returns its committed watermark."""
         listing, state = plan.listing, plan.state
         key = listing.key
         self.progress.start_listing(_listing_label(key))
@@ -583,15 +510,31 @@ class _Syncer:
                 "resumed an interrupted full pass: deletions are not marked this time "
                 "(run --full again to mark them)"
             )
+        committed = max(newest) if newest else None
         self.batch.add(
             key,
             None,
-            watermark=max(newest) if newest else None,
+            watermark=committed,
             completed_at=self.clock(),
             pass_mode=None,
             pass_started_at=None,
             pass_top=None,
             pass_next_page=None,
+        )
+        self.batch.flush()
+        self.progress.end_listing()
+        return committed
+
+    def skip_listing(self, plan: _Plan, feed_watermark: datetime | None) -> None:
+        """A user listing with nothing to attribute (see ``_users_to_skip``): no request; its
+        watermark moves up to the guru-wide one, which already covers its sessions."""
+        assert plan.state is not None
+        marks = [w for w in (plan.state.watermark, feed_watermark) if w is not None]
+        self.batch.add(
+            plan.listing.key,
+            None,
+            watermark=max(marks) if marks else None,
+            completed_at=self.clock(),
         )
         self.batch.flush()
         self.progress.end_listing()
@@ -625,8 +568,8 @@ class _Syncer:
             p.feed(PageView(page.page_num, page.has_more, rows))
             state = {"pass_top": p.top, "pass_next_page": p.resume_page} if save else {}
             self.batch.add(listing.key, ListedPage(page.sessions, user), **state)
-            if self.batch.due():
-                self.batch.flush()
+            if self.batch.due() or (save and p.stats.requests == 1):
+                self.batch.flush()  # a pass's first page at once: its position is on disk
             self.summary.pages += 1
             self.progress.pages += 1
             self.progress.sessions += len(page.sessions)
@@ -706,6 +649,19 @@ class _Syncer:
             status="ok",
             date_created=conv.date_created,
         )
+
+    # --- questions ---
+
+    def export_questions(self) -> None:
+        """The questions phase: one export request, its rows committed before anything else
+        (the next wait, the messages phase), then one ``"questions"`` report."""
+        self.progress.listing = ""
+        sync_questions(
+            self.guru, client=self.client, store=self.store, clock=self.clock, summary=self.summary
+        )
+        self.progress.questions_planned = 0
+        self.refresh_counts()
+        self.progress.emit("questions")
 
     # --- messages ---
 
@@ -880,26 +836,6 @@ def _utc_times(values: Sequence[datetime | None]) -> pd.Series:
 # --- entry points ---------------------------------------------------------------------------
 
 
-def _progress_wanted(progress: bool | None) -> bool:
-    """``None``: a bar when a person is watching (stderr is a terminal, or a Jupyter kernel)."""
-    if progress is not None:
-        return bool(progress)
-    try:
-        if sys.stderr is not None and sys.stderr.isatty():
-            return True
-    except (AttributeError, ValueError):
-        pass
-    return _in_jupyter_kernel()
-
-
-def _in_jupyter_kernel() -> bool:
-    """True inside a Jupyter kernel (not merely when ipykernel was imported somewhere)."""
-    ipython = sys.modules.get("IPython")
-    get_ipython = getattr(ipython, "get_ipython", None)
-    shell = get_ipython() if callable(get_ipython) else None
-    return type(shell).__name__ == "ZMQInteractiveShell"
-
-
 def sync(
     guru: str,
     *,
@@ -914,6 +850,7 @@ def sync(
     progress: bool | None = None,
     on_progress: ProgressCallback | None = None,
     clock: Callable[[], datetime] = utc_now,
+    questions: bool = False,
     verify_budget: int = DEFAULT_VERIFY_BUDGET,
     tie_reread_budget: int = DEFAULT_TIE_REREAD_BUDGET,
     max_top_ups: int = DEFAULT_MAX_TOP_UPS,
@@ -927,8 +864,10 @@ def sync(
     sessions: the summary says it is partial). ``search``: only sessions matching it.
     ``full``: re-read every listing to the end (and mark deletions, guru-wide).
     ``messages``: then fetch the messages of new/changed sessions, at most ``max_requests``
-    requests (None = all). ``on_progress(SyncProgress)``: called after every page and answer,
-    each second of a wait, and once at the end (phase ``"done"``). ``progress``: a tqdm bar,
+    requests (None = all). ``questions``: after the listings, one Export Analytics request for
+    every question since the last export (``sync_questions``).
+    ``on_progress(SyncProgress)``: called after every page and answer, after the export
+    (phase ``"questions"``), each second of a wait, and once at the end (phase ``"done"``). ``progress``: a tqdm bar,
     one more consumer of the same reports (None = when stderr is a terminal or in Jupyter).
     The run is recorded in ``sync_runs``; interrupts (KeyboardInterrupt, or DuckDB's
     interrupt: ``interrupts.is_interrupt``) are recorded as ``interrupted`` and re-raised; package errors as ``error`` and re-raised.
@@ -959,12 +898,19 @@ def sync(
         )
     t0 = monotonic()
     callbacks: list[ProgressCallback] = [on_progress] if on_progress is not None else []
-    bar = TqdmProgress() if _progress_wanted(progress) else None
+    bar = TqdmProgress() if bar_wanted(progress) else None
     if bar is not None:
         callbacks.append(bar)
-    reports = _Progress(client, callbacks, monotonic, _counters(client))
+    base = _counters(client)
+    limiter = getattr(client, "limiter", None)
+    reports = ProgressEstimator(
+        callbacks,
+        lambda: _counters(client)[0] - base[0],
+        getattr(limiter, "seconds_per_request", None),
+        monotonic,
+    )
     if callbacks:
-        _estimate(reports, store, guru, plans, messages, max_requests)
+        _estimate(reports, store, guru, plans, messages, max_requests, questions=questions)
     summary.run_id = store.begin_run(guru, run_mode, keys, listings[0].search_query or None)
     batch = _PageBatch(store, guru, clock, monotonic, summary)
     syncer = _Syncer(
@@ -979,22 +925,40 @@ def sync(
         tie_reread_budget,
         max_top_ups,
     )
-    limiter = getattr(client, "limiter", None)
     observing: AbstractContextManager[Any] = (
         limiter.observe(on_wait=syncer.on_wait, on_tick=syncer.on_tick if callbacks else None)
         if limiter is not None
         else nullcontext()
     )
     error: str | None = None
+    skip: list[_Plan] = []  # user listings with nothing to attribute (after the guru-wide one)
+    feed: datetime | None = None  # the guru-wide watermark this run committed
     try:
         with store.capped(**SYNC_SETTINGS), store.waiting_for_readers(), observing:
             try:
+                skipped = 0
                 for plan in plans:
-                    syncer.run_listing(plan)
+                    if plan in skip:
+                        syncer.skip_listing(plan, feed)
+                        skipped += 1
+                        continue
+                    new_before = summary.sessions_new
+                    watermark = syncer.run_listing(plan)
+                    if plan.listing.guru_wide:
+                        feed = watermark
+                        if summary.sessions_new == new_before:
+                            skip = _users_to_skip(plan, plans)
+                if skipped:
+                    summary.notes.append(
+                        f"skipped {skipped} user listing(s) at no request: the guru-wide listing "
+                        "showed no new session, so there was nothing to attribute"
+                    )
             except BaseException:
                 batch.flush_after_error()
                 raise
             syncer.note_odd_rows()
+            if questions:
+                syncer.export_questions()
             if messages:
                 syncer.fetch_messages(max_requests)
         summary.outcome = "ok"
@@ -1029,6 +993,32 @@ def sync(
     return summary
 
 
+def _users_to_skip(feed: _Plan, plans: Sequence[_Plan]) -> list[_Plan]:
+    """User listings this run need not read: the guru-wide listing is the change feed.
+
+    A session's external user never changes, so a user listing only adds attribution to
+    sessions the cache has never seen. When an incremental guru-wide pass (not a resume: the
+    pages an interrupted pass wrote are no longer new) found no new session, an incremental
+    user listing that completed after the guru-wide one last did (so the run that found the
+    cache's newest sessions also read this user) has nothing to add: every session it could
+    show is cached and attributed. Anything else (``--full``, a user new to the cache, an
+    interrupted pass, a search) is read as before.
+    """
+    if feed.mode != "incremental" or feed.state is None or feed.state.completed_at is None:
+        return []
+    since = feed.state.completed_at
+    return [
+        p
+        for p in plans
+        if p.listing.external_user_id is not None
+        and not p.listing.search_query
+        and p.mode == "incremental"
+        and p.state is not None
+        and p.state.completed_at is not None
+        and p.state.completed_at >= since
+    ]
+
+
 def _plan(
     store: Store, guru: str, listing: Listing, full: bool, clock: Callable[[], datetime]
 ) -> _Plan:
@@ -1052,12 +1042,14 @@ def _plan(
 
 
 def _estimate(
-    reports: _Progress,
+    reports: ProgressEstimator,
     store: Store,
     guru: str,
     plans: Sequence[_Plan],
     messages: bool,
     max_requests: int | None,
+    *,
+    questions: bool = False,
 ) -> None:
     """The run's expected requests, known only when every listing was synced before."""
     if not all(p.state is not None and p.state.watermark is not None for p in plans):
@@ -1069,11 +1061,15 @@ def _estimate(
         user = p.listing.external_user_id
         size = sizes.get(f"user:{user}" if user is not None else "", 0)
         pages = -(-size // PAGE_SIZE)
-        if p.mode == "full" or (p.mode == "resume" and p.state and p.state.pass_mode == "full"):
-            start = p.state.pass_next_page or 1 if p.mode == "resume" and p.state else 1
+        resumed_full = p.mode == "resume" and p.state is not None and p.state.pass_mode == "full"
+        if p.mode == "full" or resumed_full:
+            start = (p.state.pass_next_page or 1) if resumed_full and p.state is not None else 1
+            # the pages left (a resume re-reads the page before its position) and a top-up
             reports.plan.append(max(1, pages - start + 2) + (1 if pages > 1 else 0))
         else:
             reports.plan.append(1)
+    if questions:
+        reports.questions_planned = 1
     if messages and max_requests != 0:
         pending = store.count_pending(guru)
         reports.messages_planned = pending if max_requests is None else min(pending, max_requests)
@@ -1094,6 +1090,61 @@ def _end_run(store: Store, s: SyncSummary, error: str | None) -> None:
         messages_fetched=s.messages_fetched,
         messages_remaining=s.messages_remaining,
     )
+
+
+# --- questions (issue 15) -----------------------------------------------------------------
+
+QUESTION_INTERVALS = ("today", "7d", "30d", "3m", "6m", "12m")
+"""The intervals ``question_interval`` chooses from, shortest first. ``yesterday`` is never
+chosen: it ends at the last UTC midnight, so it misses today's questions."""
+EXPORT_OVERLAP = timedelta(hours=1)
+"""How far before the last export the next one must start: room for clock skew between this
+machine and the server, and for a question saved a little after its minute. Rows exported
+twice are stored once (``Store.write_questions``), so the overlap costs nothing."""
+
+
+def question_interval(
+    last_export: datetime | None, now: datetime, overlap: timedelta = EXPORT_OVERLAP
+) -> str:
+    """The smallest interval asked at ``now`` that starts at or before ``last_export -
+    overlap`` (so it covers everything since the last export); ``12m`` the first time, and
+    when the last export is older than the 365 days the API keeps (the gap is lost)."""
+    if last_export is None:
+        return "12m"
+    since = last_export - overlap
+    for interval in QUESTION_INTERVALS:
+        if export_range(interval, now)[0] <= since:
+            return interval
+    return "12m"
+
+
+def sync_questions(
+    guru: str,
+    *,
+    client: GurubaseClient,
+    store: Store,
+    clock: Callable[[], datetime] = utc_now,
+    summary: SyncSummary | None = None,
+) -> QuestionWrite:
+    """One Export Analytics request for every question since the last export, stored
+    idempotently in one transaction (``Store.write_questions``); adds ``questions_exported``
+    (rows in the export) and ``questions_new`` to ``summary``, and a note when a gap could not
+    be covered."""
+    last = store.last_question_export(guru)
+    now = clock()
+    interval = question_interval(None if last is None else last.exported_at, now)
+    covers_from = export_range(interval, now)[0]
+    export = client.export_questions(guru, interval)
+    written = store.write_questions(guru, export, now, covers_from=covers_from)
+    if summary is not None:
+        summary.questions_exported += written.questions + written.unanswered
+        summary.questions_new += written.new
+        if last is not None and covers_from > last.exported_at:
+            summary.notes.append(
+                f"questions between {last.exported_at:%Y-%m-%d} and {covers_from:%Y-%m-%d} "
+                "are older than the 12 months Export Analytics covers: they are not stored"
+            )
+    return written
 
 
 def sync_guru(

@@ -7,6 +7,7 @@ and sometimes no fraction; both are read here so the client and the server agree
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -60,6 +61,14 @@ def format_offset(ts: datetime) -> str:
 def utc_now() -> datetime:
     """The default clock: now, tz-aware UTC."""
     return datetime.now(UTC)
+
+
+def running_from(start: datetime) -> Callable[[], datetime]:
+    """A wall clock that reads ``start`` now and runs on in real time: a local server's
+    clock for synthetic data that ends on a fixed date, so "today" and Export Analytics'
+    intervals (up to 12 months back from the server's now) fall on the data."""
+    offset = start - utc_now()
+    return lambda: utc_now() + offset
 
 
 def check_tz(tz: str) -> str:

@@ -19,6 +19,7 @@ import base64
 import html
 import io
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -31,7 +32,8 @@ import ipywidgets as widgets
 import pandas as pd
 
 from .errors import ConfigError, GuruAnalyticsError, NoDataError
-from .timestamps import check_tz
+from .progress import SyncProgress, duration_text
+from .timestamps import check_tz, utc_now
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -179,6 +181,11 @@ class DashboardParams:
             raise ConfigError(f"split {self.split!r} is not valid: use 'none' or 'top'")
         if self.top_n < 1:
             raise ConfigError(f"top N {self.top_n!r} is not valid: use 1 or more")
+        if self.split == "top" and self.metric == "active_users":
+            raise ConfigError(
+                "active users cannot be split per user (each user is 1 or 0): "
+                "split active or new sessions instead"
+            )
         if self.start is not None and self.end is not None and self.end < self.start:
             raise ConfigError(
                 f"date range {self.start} .. {self.end} is empty: pick an end on or after the start"
@@ -239,8 +246,15 @@ class DashboardControls:
         self.split = widgets.ToggleButtons(
             options=SPLITS, value="none", description="Split", style=style
         )
+        # The label gets its own width ("initial") so the box keeps room for the number: with
+        # the default label width a 110 px box left 22 px for the value.
         self.top_n = widgets.BoundedIntText(
-            value=5, min=1, max=20, description="N", layout={"width": "110px"}
+            value=5,
+            min=1,
+            max=20,
+            description="Top N",
+            style=style,
+            layout=widgets.Layout(width="120px", min_width="120px"),
         )
         self.user_filter = widgets.Text(
             placeholder="filter users…", description="Users", continuous_update=True, style=style
@@ -254,6 +268,8 @@ class DashboardControls:
         self._syncing_options = False
         self._callbacks: list[Callable[[dict[str, Any]], object]] = []
         self.user_select.observe(self._on_select, names="value")
+        # Active users per user is only 1 or 0: that metric turns the split off (and back on).
+        self.metric.observe(self._on_metric, names="value")
         self.user_filter.observe(lambda _c: self._refilter(), names="value")
         self.set_users(users)
         self.widget = widgets.VBox(
@@ -322,6 +338,13 @@ class DashboardControls:
         finally:
             self._syncing_options = False
 
+    def _on_metric(self, change: dict[str, Any]) -> None:
+        per_user = change["new"] != "active_users"
+        if not per_user:
+            self.split.value = "none"
+        self.split.disabled = not per_user
+        self.top_n.disabled = not per_user
+
     def _on_select(self, change: dict[str, Any]) -> None:
         if self._syncing_options:
             return
@@ -348,9 +371,6 @@ class DashboardControls:
 
 # --- rendering (pure: parameters in, tables and figures out) ----------------------------------
 
-SERIES_OTHER = "other"
-
-
 @dataclass
 class Rendered:
     """One render of the dashboard: the tables shown and the figures drawn from them.
@@ -372,36 +392,53 @@ class Rendered:
 
 
 def top_series(df: pd.DataFrame, metric: str, n: int) -> pd.DataFrame:
-    """Wide bucket x user table of the ``n`` users with the largest ``metric`` total and the
-    rest summed as ``other`` (same choice and order as ``plots.plot_activity``)."""
-    totals = (
-        df.groupby("user", sort=False)[metric].sum().sort_values(ascending=False, kind="stable")
-    )
-    keep = list(totals.index[:n])
-    labels = df["user"].where(df["user"].isin(keep), SERIES_OTHER)
-    wide = (
-        df.assign(series=labels)
-        .pivot_table(index="bucket", columns="series", values=metric, aggfunc="sum", fill_value=0)
-        .sort_index()
-    )
-    order = keep + (
-        [SERIES_OTHER] if SERIES_OTHER in wide.columns and SERIES_OTHER not in keep else []
-    )
-    wide = wide[order].astype("int64")
+    """The activity table of a split view: ``frames.top_n`` (the one top-N-plus-other rule,
+    shared with ``plots``) with ``bucket`` as a column, as the chart and the CSV show it."""
+    from .frames import top_n
+
+    wide = top_n(df, metric, n, "user").astype("int64")
     wide.columns.name = None
     return wide.reset_index()
 
 
-def render(con: Any, guru: str, params: DashboardParams, *, dpi: int = 100) -> Rendered:
+# Above this many buckets the activity chart is a line per series instead of (stacked) bars:
+# thousands of bar groups take tens of seconds to draw and cannot be told apart on screen.
+MAX_BARS = 400
+# The stat cards compare at most this many days at the end of the range with as many before.
+CARD_DAYS = 28
+
+
+class Superseded(Exception):
+    """A newer view was requested while this one was computing: its result is not wanted.
+
+    Control flow inside the dashboard only (never reaches a user), hence not an error of
+    ``errors.py``."""
+
+
+def render(
+    con: Any,
+    guru: str,
+    params: DashboardParams,
+    *,
+    dpi: int = 100,
+    now: datetime | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Rendered:
     """Compute every dashboard view for ``params`` from the cache and draw the figures.
 
     ``con`` is a DuckDB connection or a Store (anything ``frames`` reads). Touches no widget
     and no global matplotlib state, so it can run on any thread and be tested directly.
+    ``now`` (default: the wall clock) decides which days are complete for the stat cards;
+    ``should_stop`` is asked between steps and raises ``Superseded`` when it says yes.
     Raises ``NoDataError`` when the guru has nothing cached.
     """
     from matplotlib.figure import Figure
 
     from . import frames, plots
+
+    def checkpoint() -> None:
+        if should_stop is not None and should_stop():
+            raise Superseded
 
     start, end = params.start_ts, params.end_ts
     filters: dict[str, Any] = {
@@ -418,6 +455,7 @@ def render(con: Any, guru: str, params: DashboardParams, *, dpi: int = 100) -> R
         long = frames.activity(con, guru, params.freq, params.tz, **filters)
         table = long[["bucket", metric]].reset_index(drop=True)
     table.attrs = {**long.attrs, "metric": metric}
+    checkpoint()
 
     figures: dict[str, Figure] = {}
     # Fixed margins instead of constrained layout: a redraw costs half the time, and the
@@ -425,29 +463,32 @@ def render(con: Any, guru: str, params: DashboardParams, *, dpi: int = 100) -> R
     fig = Figure(figsize=(10, 3.8), dpi=dpi)
     ax = fig.add_subplot()
     plots.plot_activity(
-        long, metric, kind="bar", top=params.top_n, ax=ax, title=_activity_title(params)
+        long,
+        metric,
+        kind=chart_kind(len(table)),
+        top=params.top_n,
+        ax=ax,
+        title=_activity_title(params, len(table)),
     )
     fig.subplots_adjust(
         left=0.07, right=0.78 if params.split == "top" else 0.98, top=0.9, bottom=0.13
     )
     figures["activity"] = fig
+    checkpoint()
 
     heat = frames.weekday_hour(con, guru, params.tz, **filters)
     fig = Figure(figsize=(7, 3), dpi=dpi)
     plots.plot_heatmap(heat, "active_sessions", ax=fig.add_subplot())
     fig.subplots_adjust(left=0.08, right=1.0, top=0.88, bottom=0.16)
     figures["heatmap"] = fig
+    checkpoint()
 
     users = frames.users(con, guru, tz=params.tz, **filters)
     top_users = users.head(max(10, params.top_n)).reset_index(drop=True)
+    checkpoint()
 
-    # The summary compares the shown range with the same length just before it; an open
-    # range is closed at the first and last bucket shown.
     buckets = pd.DatetimeIndex(long["bucket"])
-    period_start = start if start is not None else buckets.min().tz_convert("UTC")
-    period_end = (
-        end if end is not None else _bucket_end(buckets.max(), params.freq).tz_convert("UTC")
-    )
+    period_start, period_end = card_period(params, buckets, now)
     summary = frames.summary(
         con,
         guru,
@@ -460,20 +501,45 @@ def render(con: Any, guru: str, params: DashboardParams, *, dpi: int = 100) -> R
     return Rendered(params, table, summary, top_users, heat, figures)
 
 
-def _bucket_end(bucket: pd.Timestamp, freq: str) -> pd.Timestamp:
-    """End of the local bucket starting at ``bucket`` (calendar steps, DST-safe)."""
-    step = {
-        "hour": pd.Timedelta(hours=1),
-        "day": pd.DateOffset(days=1),
-        "week": pd.DateOffset(days=7),
-        "month": pd.DateOffset(months=1),
-    }[freq]
-    return bucket + step
+def chart_kind(n_buckets: int) -> str:
+    """Bars while they can be seen one by one; lines beyond ``MAX_BARS`` buckets."""
+    return "bar" if n_buckets <= MAX_BARS else "line"
 
 
-def _activity_title(params: DashboardParams) -> str:
+def card_period(
+    params: DashboardParams, buckets: pd.DatetimeIndex, now: datetime | None = None
+) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The stat cards' period as UTC instants [start, end): the last complete days of the
+    range, at most ``CARD_DAYS`` of them (the cards compare it with as long just before).
+
+    An open range is closed at the first and last bucket shown. A day is complete once it
+    has ended in ``params.tz`` at ``now``; a range that has no complete day yet is taken as
+    it stands (the cards then cover an unfinished day).
+    """
+    from .frames import bucket_end, complete_until
+
+    lo = (
+        params.start_ts
+        if params.start_ts is not None
+        else buckets.min().tz_convert("UTC")
+    )
+    hi = (
+        params.end_ts
+        if params.end_ts is not None
+        else bucket_end(buckets.max(), params.freq).tz_convert("UTC")
+    )
+    today = complete_until(now if now is not None else utc_now(), "day", params.tz)
+    if lo < today < hi:
+        hi = today
+    lo = max(lo, hi - pd.Timedelta(days=CARD_DAYS))
+    return lo, hi
+
+
+def _activity_title(params: DashboardParams, n_buckets: int = 0) -> str:
     label = dict((v, k) for k, v in METRICS)[params.metric]
     what = f"{label} per {params.freq}"
+    if chart_kind(n_buckets) == "line":
+        what += f" ({n_buckets:,} buckets: lines)"
     if params.split == "top":
         what += f", top {params.top_n} users + other"
     if params.users:
@@ -516,15 +582,20 @@ def replace_outputs(out: widgets.Output, *outputs: dict[str, Any]) -> None:
     out.outputs = tuple(outputs)
 
 
-def summary_html(summary: pd.DataFrame) -> str:
-    """Stat cards: the value in the range and its change against the previous range."""
-    names = {
-        "active_sessions": "Active sessions",
-        "new_sessions": "New sessions",
-        "active_users": "Active users",
-        "events": "Activity events",
-        "messages": "Messages",
-    }
+_CARD_NAMES = {
+    "active_sessions": "Active sessions",
+    "new_sessions": "New sessions",
+    "active_users": "Active users",
+    "events": "Activity events",
+    "messages": "Messages",
+}
+
+
+def summary_html(summary: pd.DataFrame, tz: str = "UTC") -> str:
+    """Stat cards: the value in the cards' period and its change against the period before,
+    with the period written out and, without messages, what an event is."""
+    from .frames import BASIS_MESSAGES
+
     cards = []
     for row in summary.itertuples(index=False):
         if pd.isna(row.current):
@@ -536,45 +607,182 @@ def summary_html(summary: pd.DataFrame) -> str:
         pct = "" if pd.isna(row.change_pct) else f" ({row.change_pct:+.0f}%)"
         cards.append(
             '<div style="border:1px solid #d0d7de;border-radius:6px;padding:6px 12px;min-width:120px">'
-            f'<div style="color:#57606a;font-size:12px">{html.escape(names.get(row.metric, row.metric))}</div>'
+            f'<div style="color:#57606a;font-size:12px">{html.escape(_CARD_NAMES.get(row.metric, row.metric))}</div>'
             f'<div style="font-size:22px;font-weight:600">{int(row.current):,}</div>'
             f'<div style="color:{colour};font-size:12px">{arrow} {change:+,}{pct} vs previous {int(row.previous):,}</div>'
             "</div>"
         )
-    first = summary.iloc[0] if len(summary) else None
-    note = ""
-    if first is not None:
-        note = (
-            f'<div style="color:#57606a;font-size:12px">{first.current_start:%Y-%m-%d %H:%M} – '
-            f"{first.current_end:%Y-%m-%d %H:%M} against the same length before it</div>"
+    notes = []
+    if len(summary):
+        first = summary.iloc[0]
+        lo, hi = (pd.Timestamp(first[c]).tz_convert(tz) for c in ("current_start", "current_end"))
+        days = (hi - lo) / pd.Timedelta(days=1)
+        length = f"{days:.0f} day{'s' if round(days) != 1 else ''}" if days >= 1 else "period"
+        notes.append(
+            f"Cards: {lo:%Y-%m-%d %H:%M} – {hi:%Y-%m-%d %H:%M} ({html.escape(tz)}), the last "
+            f"{length} of the range that are complete, against the {length} before."
         )
+        if first.get("basis") != BASIS_MESSAGES:
+            notes.append(
+                "No messages fetched: an activity event is one observation of a session per "
+                "sync (its last use), so events count sessions seen. Sync with messages for "
+                "one event per message."
+            )
+    note = "".join(f'<div style="color:#57606a;font-size:12px">{n}</div>' for n in notes)
     return f'<div style="display:flex;gap:8px;flex-wrap:wrap">{"".join(cards)}</div>{note}'
 
 
+# Columns holding a fraction 0..1 (shown as percentages) and a percentage (shown signed).
+_FRACTIONS = frozenset({"share", "rate"})
+_PERCENTS = frozenset({"change_pct"})
+
+
+def readable(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of a frame for people to read (notebooks, the dashboard): instants to the
+    minute in their own zone (frames return them in the chosen one), ``share``/``rate`` as
+    ``12.3%``, ``change_pct`` as ``+12%``. The frame itself keeps full precision; export
+    that, not this."""
+    out = df.copy()
+    for name in out.columns:
+        s = out[name]
+        if isinstance(s.dtype, pd.DatetimeTZDtype):
+            out[name] = s.dt.strftime("%Y-%m-%d %H:%M").where(s.notna(), "")
+        elif name in _FRACTIONS and pd.api.types.is_numeric_dtype(s):
+            out[name] = [("" if pd.isna(v) else f"{100 * v:.1f}%") for v in s]
+        elif name in _PERCENTS and pd.api.types.is_numeric_dtype(s):
+            out[name] = [("" if pd.isna(v) else f"{v:+.0f}%") for v in s]
+    return out
+
+
 def users_html(top: pd.DataFrame) -> str:
+    """The top-users table as people read it (``readable``)."""
     if top.empty:
         return "<i>No user activity in this selection.</i>"
-    shown = pd.DataFrame(
-        {
-            "rank": top["rank"],
-            "user": top["user"],
-            "sessions": top["sessions"],
-            "events": top["events"],
-            "active days": top["active_days"],
-            "last active": top["last_active"].dt.strftime("%Y-%m-%d %H:%M"),
-            "share": (top["share"] * 100).round(1).astype(str) + "%",
-        }
-    )
+    shown = readable(
+        top[["rank", "user", "sessions", "events", "active_days", "last_active", "share"]]
+    ).rename(columns={"active_days": "active days", "last_active": "last active"})
     return shown.to_html(index=False, border=0, classes="guru-users", escape=True)
+
+
+def csv_download_html(table: pd.DataFrame, filename: str) -> str:
+    """A link that downloads ``table`` as CSV from the page itself (a ``data:`` URL with a
+    ``download`` name): no file server involved, so it works in Voila (whose file handler
+    answers 403 for files not allow-listed) and in JupyterLab alike."""
+    from .reports import write_csv
+
+    buf = io.StringIO()
+    write_csv(table, "-", stdout=buf)
+    data = base64.b64encode(buf.getvalue().encode("utf-8")).decode("ascii")
+    name = html.escape(filename, quote=True)
+    return (
+        f'<a class="guru-download" download="{name}" '
+        f'href="data:text/csv;charset=utf-8;base64,{data}">⤓ {name}</a>'
+        f' <span style="color:#57606a">({len(table):,} rows)</span>'
+    )
+
+
+# --- sync progress (a pure consumer of SyncProgress records) ------------------------------------
+
+
+def describe_progress(p: SyncProgress, fraction: float | None, sessions: int) -> str:
+    """One line for a progress record. ``fraction`` and ``sessions`` are what the bar shows
+    (never below what it showed before); pace, ETA and wait are the record's own figures."""
+    parts: list[str] = []
+    if p.phase == "done":
+        read = f", {sessions:,} sessions read" if sessions else ""
+        return f"Done: {p.requests:,} requests{read}."
+    if p.phase == "wait":
+        parts.append(f"waiting for the rate limit: {math.ceil(p.wait_seconds):,} s")
+    elif p.phase in ("messages", "questions"):
+        parts.append(f"fetching {p.phase}")
+    elif p.listing:
+        parts.append(f"reading {p.listing}")
+    if fraction is not None:
+        parts.append(f"{fraction:.0%}")
+    if p.total_sessions is not None:
+        parts.append(f"{sessions:,} of ~{p.total_sessions:,} sessions")
+    elif sessions or p.pages:  # a record with no page read yet knows no session count
+        parts.append(f"{sessions:,} sessions so far (total unknown until the last page)")
+    total = f" of ~{p.total_requests:,}" if p.total_requests is not None else ""
+    parts.append(f"{p.requests:,}{total} requests")
+    if p.seconds_per_request is not None:
+        parts.append(f"{p.seconds_per_request:.1f} s/request")
+    if p.eta_seconds is not None:
+        parts.append(f"about {duration_text(p.eta_seconds)} left")
+    return " · ".join(parts)
+
+
+class SyncProgressView:
+    """The dashboard's sync bar. ``apply(progress)`` shows one ``SyncProgress`` record: the bar
+    follows ``fraction`` when the sync knows its total (hidden while it does not), the text
+    gives sessions so far, pace, ETA and a wait that counts down, all from the record; the
+    bar and the session count never move backwards within a run. It computes nothing
+    itself: the sync is the one place that knows the pace."""
+
+    def __init__(self) -> None:
+        self.bar = widgets.FloatProgress(
+            value=0.0,
+            min=0.0,
+            max=1.0,
+            layout=widgets.Layout(width="200px", min_width="200px", display="none"),
+        )
+        self.label = widgets.HTML(layout=widgets.Layout(flex="1 1 auto"))
+        self.widget = widgets.HBox(
+            [self.bar, self.label], layout=widgets.Layout(align_items="center")
+        )
+        self.fraction: float | None = None
+        self.sessions = 0
+        self.last: SyncProgress | None = None
+
+    def start(self, text: str = "Starting the sync…") -> None:
+        """A new run: forget the last run's figures."""
+        self.fraction, self.sessions, self.last = None, 0, None
+        self.bar.value = 0.0
+        self.bar.bar_style = "info"
+        self.bar.layout.display = "none"
+        self.label.value = html.escape(text)
+
+    def apply(self, progress: SyncProgress) -> None:
+        """Show one record (the sync's ``on_progress`` callback)."""
+        self.last = progress
+        self.sessions = max(self.sessions, progress.sessions)
+        if progress.phase == "done":
+            self.fraction = 1.0
+        elif progress.fraction is not None:
+            self.fraction = max(self.fraction or 0.0, min(1.0, progress.fraction))
+        if self.fraction is not None:
+            self.bar.value = self.fraction
+            self.bar.layout.display = None
+        self.bar.bar_style = "success" if progress.phase == "done" else "info"
+        self.label.value = html.escape(describe_progress(progress, self.fraction, self.sessions))
+
+    def fail(self, text: str) -> None:
+        self.bar.bar_style = "danger"
+        self.label.value = f'<span style="color:#cf222e">{html.escape(text)}</span>'
+
+
+# --- the dashboard widget ---------------------------------------------------------------------
+
+# Dims a view while it is being recomputed or after an error (it no longer shows the controls).
+_STYLE = """<style>
+.guru-stale { opacity: 0.35; transition: opacity 0.15s; }
+.guru-dashboard .guru-users td, .guru-dashboard .guru-users th { padding: 2px 8px; }
+</style>"""
+_BUTTON = {"width": "130px", "min_width": "130px", "flex": "0 0 auto"}
 
 
 class Dashboard(widgets.VBox):
     """The ``Guru.dashboard()`` widget: controls, stat cards, activity plot, top users, heatmap.
 
-    Every control change schedules one debounced ``refresh()``; "Sync now" runs the
-    incremental sync on a background thread (``sync_thread``; the kernel stays free) and
-    "Export CSV" writes the current activity table. ``last`` is the latest ``Rendered``.
-    ``timer_factory`` replaces ``threading.Timer`` (tests fire the debounce by hand).
+    Every control change schedules one debounced redraw. Redraws never queue: a request
+    while one is computing only raises the generation, the running one is dropped at its
+    next step and the newest parameters are drawn next (``generation``, ``dropped``).
+    While a view computes, the page says so and dims the views; an error dims them too.
+    "Sync now" runs the incremental sync on a background thread (``sync_thread``), disabled
+    with the reason when ``sync_disabled`` is given (e.g. no API key). "Export CSV" offers
+    the current activity table as a download from the page itself. ``last`` is the latest
+    ``Rendered``; ``timer_factory`` replaces ``threading.Timer`` (tests fire the debounce by
+    hand); ``renderer`` replaces ``render`` (tests hold a redraw half-way).
     """
 
     def __init__(
@@ -585,41 +793,63 @@ class Dashboard(widgets.VBox):
         timer_factory: TimerFactory | None = None,
         export_dir: str | Path | None = None,
         sync_options: dict[str, Any] | None = None,
+        sync_disabled: str | None = None,
         tz: str | None = None,
+        renderer: Callable[..., Rendered] = render,
     ) -> None:
         self.guru = guru
         self.export_dir = Path(export_dir) if export_dir is not None else Path.cwd()
-        self.sync_options = dict(sync_options or {})
+        self.sync_options = {"questions": True, **(sync_options or {})}
+        self.sync_disabled = sync_disabled
         self.last: Rendered | None = None
         self.last_error: str | None = None
         self.last_export: Path | None = None
         self.sync_thread: threading.Thread | None = None
         self.sync_summary: Any = None
         self.sync_error: BaseException | None = None
-        self._render_lock = threading.Lock()
+        self._renderer = renderer
+        self._render_lock = threading.Lock()  # one matplotlib render at a time
+        self._state = threading.Lock()  # guards the generation and the running flag
+        self.generation = 0
+        self.dropped = 0
+        self._drawn = -1  # the generation on screen
+        self._running = False
 
         self.controls = DashboardControls(tz=tz or guru.tz)
         self.sync_button = widgets.Button(
-            description="Sync now", icon="refresh", tooltip="incremental sync"
+            description="Sync now",
+            icon="refresh",
+            tooltip=sync_disabled or "incremental sync",
+            disabled=sync_disabled is not None,
+            layout=widgets.Layout(**_BUTTON),
         )
         self.export_button = widgets.Button(
-            description="Export CSV", icon="download", tooltip="write the activity table"
+            description="Export CSV",
+            icon="download",
+            tooltip="download the activity table shown",
+            layout=widgets.Layout(**_BUTTON),
         )
-        self.progress = widgets.IntProgress(
-            value=0, min=0, max=1, layout={"width": "220px", "visibility": "hidden"}
-        )
+        self.progress = SyncProgressView()
+        if sync_disabled is not None:
+            self.progress.label.value = (
+                f'<span style="color:#57606a">{html.escape(sync_disabled)}</span>'
+            )
         self.status = widgets.HTML()
         self.summary_view = widgets.Output()
         self.activity_view = widgets.Output()
         self.users_view = widgets.Output()
         self.heatmap_view = widgets.Output()
-        self.export_view = widgets.Output()
+        self.export_link = widgets.HTML(layout=widgets.Layout(flex="1 1 auto", overflow="hidden"))
         self.sync_button.on_click(lambda _b: self.sync_now())
         self.export_button.on_click(lambda _b: self._export_clicked())
+        self._views = (self.summary_view, self.activity_view, self.users_view, self.heatmap_view)
+        for view, name in zip(self._views, ("summary", "activity", "users", "heatmap"), strict=True):
+            view.add_class(f"guru-{name}")  # stable hooks for the page's CSS and browser tests
 
-        header = widgets.HTML(f"<b>{html.escape(guru.slug)}</b>")
+        header = widgets.HTML(f"{_STYLE}<b>{html.escape(guru.slug)}</b>")
         actions = widgets.HBox(
-            [self.sync_button, self.progress, self.export_button, self.export_view]
+            [self.sync_button, self.export_button, self.export_link],
+            layout=widgets.Layout(align_items="center"),
         )
         views = widgets.VBox(
             [
@@ -630,7 +860,10 @@ class Dashboard(widgets.VBox):
                 ),
             ]
         )
-        super().__init__([header, self.controls.widget, actions, self.status, views])
+        super().__init__(
+            [header, self.controls.widget, actions, self.progress.widget, self.status, views]
+        )
+        self.add_class("guru-dashboard")
 
         self._debouncer = Debouncer(self._refresh_in_background, debounce, timer_factory)
         self._quiet = False
@@ -671,50 +904,128 @@ class Dashboard(widgets.VBox):
 
     def _on_control(self, _change: dict[str, Any]) -> None:
         if not self._quiet:
+            self._set_busy(True)  # at once, not after the debounce: the page reacts
             self._debouncer()
 
     def flush(self) -> None:
         """Run a pending debounced refresh now (tests; also harmless interactively)."""
         self._debouncer.flush()
 
+    @property
+    def busy(self) -> bool:
+        return "guru-busy" in self._dom_classes
+
     def refresh(self) -> Rendered | None:
-        """Read the controls, render from the cache, and swap the views. Errors become a
-        readable status line, never a traceback in the notebook."""
-        with self._render_lock:
-            try:
-                params = self.controls.params()
-                with self.guru.reader() as con:
-                    rendered = render(con, self.guru.slug, params)
-            except NoDataError as exc:
-                self._set_error(f"{exc} (or press Sync now)")
-                return None
-            except GuruAnalyticsError as exc:
-                self._set_error(str(exc))
-                return None
-            self.render_count += 1
-            self._show(rendered)
-            return rendered
+        """Read the controls, render from the cache and swap the views, superseding any redraw
+        still computing. Errors become a readable status line (and dim the views), never a
+        traceback in the notebook. Returns None when there is nothing to show. A caller of
+        ``refresh()`` gets its render even if a newer request arrives meanwhile (that one
+        then replaces it on screen)."""
+        self._debouncer.cancel()  # this draws the current controls: a pending redraw would repeat it
+        with self._state:
+            self.generation += 1
+            generation = self.generation
+        return self._render_generation(generation, wanted=True)
 
     def _refresh_in_background(self) -> None:
-        """The debounced redraw runs on a timer thread, where an exception would only reach
-        stderr: a bug is shown in the status line and logged, never lost."""
+        """The debounced redraw. If one is running, only raise the generation: the running
+        one stops at its next step and this loop draws the newest parameters, so requests
+        never queue. On a timer thread an exception would only reach stderr: a bug is shown
+        in the status line and logged, never lost."""
+        with self._state:
+            self.generation += 1
+            if self._running:
+                return
+            self._running = True
         try:
-            self.refresh()
+            while True:
+                with self._state:
+                    generation = self.generation
+                self._render_generation(generation)
+                with self._state:
+                    if self.generation == generation:
+                        self._running = False
+                        return
         except Exception as exc:  # noqa: BLE001 - a thread has nobody to raise to
+            with self._state:
+                self._running = False
             _log.exception("dashboard redraw failed")
             self._set_error(f"Redraw failed with an unexpected {type(exc).__name__}: {exc}")
 
-    def _show(self, rendered: Rendered) -> None:
+    def _stale(self, generation: int) -> bool:
+        return self.generation != generation
+
+    def _render_generation(self, generation: int, *, wanted: bool = False) -> Rendered | None:
+        """Render ``generation`` unless a newer one is requested (then drop it, at the latest
+        at its next step); ``wanted`` = a caller waits for the result: finish it anyway."""
+        with self._render_lock:
+            if self._stale(generation) and not wanted:
+                self.dropped += 1
+                return None
+            if generation == self._drawn and self.last is not None:
+                return self.last  # already drawn by a synchronous refresh()
+            try:
+                params = self.controls.params()
+                self._set_busy(True, f"Computing: {_activity_title(params)}…")
+                with self.guru.reader() as con:
+                    rendered = self._renderer(
+                        con,
+                        self.guru.slug,
+                        params,
+                        should_stop=None if wanted else lambda: self._stale(generation),
+                    )
+                outputs = self._outputs(rendered)
+            except Superseded:
+                self.dropped += 1
+                return None
+            except NoDataError as exc:
+                self._set_error(f"{exc} (or press Sync now)", generation)
+                return None
+            except GuruAnalyticsError as exc:
+                self._set_error(str(exc), generation)
+                return None
+            if self._stale(generation):
+                self.dropped += 1  # drawn, but a newer view is already wanted: not shown
+                if wanted:
+                    return rendered
+                rendered.figures.clear()
+                return None
+            self.render_count += 1
+            self._drawn = generation
+            self._show(rendered, outputs)
+            return rendered
+
+    def _outputs(self, rendered: Rendered) -> dict[widgets.Output, dict[str, Any]]:
+        """Every view's new content, made before any is swapped (PNG encoding is slow)."""
+        return {
+            self.summary_view: html_output(summary_html(rendered.summary, rendered.params.tz)),
+            self.activity_view: figure_output(rendered.figures["activity"]),
+            self.heatmap_view: figure_output(rendered.figures["heatmap"]),
+            self.users_view: html_output(users_html(rendered.top_users)),
+        }
+
+    def _show(self, rendered: Rendered, outputs: dict[widgets.Output, dict[str, Any]]) -> None:
         previous, self.last = self.last, rendered
-        replace_outputs(self.summary_view, html_output(summary_html(rendered.summary)))
-        replace_outputs(self.activity_view, figure_output(rendered.figures["activity"]))
-        replace_outputs(self.heatmap_view, figure_output(rendered.figures["heatmap"]))
-        replace_outputs(self.users_view, html_output(users_html(rendered.top_users)))
+        for view, output in outputs.items():
+            replace_outputs(view, output)
         self.last_error = None
+        self._set_busy(False)
         if self.sync_thread is None or not self.sync_thread.is_alive():
             self.status.value = self._describe(rendered)
         if previous is not None:
             previous.figures.clear()  # nothing else refers to old figures: they are freed
+
+    def _set_busy(self, busy: bool, text: str = "Computing…") -> None:
+        """Say that a view is computing and dim the views, or undo both."""
+        if busy:
+            self.add_class("guru-busy")
+            for view in self._views:
+                view.add_class("guru-stale")
+            self.status.value = f"⏳ {html.escape(text)}"
+        else:
+            self.remove_class("guru-busy")
+            for view in self._views:
+                view.remove_class("guru-stale")
 
     def _describe(self, rendered: Rendered) -> str:
         table = rendered.table
@@ -724,59 +1035,59 @@ class Dashboard(widgets.VBox):
             f"({rendered.params.tz}); {self.guru.status().describe()}"
         )
 
-    def _set_error(self, message: str) -> None:
+    def _set_error(self, message: str, generation: int | None = None) -> None:
+        """Show ``message``; the views stay dimmed (they no longer match the controls).
+        An error of a superseded redraw is not shown (a newer view is on its way)."""
+        if generation is not None and self._stale(generation):
+            return
         self.last_error = message
+        self.remove_class("guru-busy")
+        for view in self._views:
+            view.add_class("guru-stale")
         self.status.value = f'<span style="color:#cf222e">⚠ {html.escape(message)}</span>'
 
     # --- sync ---
 
     def sync_now(self) -> threading.Thread | None:
         """Start the incremental sync on a background thread and return it (None if one is
-        already running). The dashboard refreshes when it ends."""
+        already running or syncing is disabled). The dashboard refreshes when it ends."""
+        if self.sync_disabled is not None:
+            self.status.value = html.escape(f"Sync is off: {self.sync_disabled}")
+            return None
         if self.sync_thread is not None and self.sync_thread.is_alive():
             self.status.value = html.escape("A sync is already running.")
             return None
         self.sync_button.disabled = True
-        self.progress.value, self.progress.max = 0, 1
-        self.progress.bar_style = "info"
-        self.progress.layout.visibility = "visible"
+        self.progress.start(f"Syncing {self.guru.slug}…")
         self.status.value = html.escape(f"Syncing {self.guru.slug}…")
         thread = threading.Thread(target=self._sync_worker, name="guru-analytics-sync", daemon=True)
         self.sync_thread = thread
         thread.start()
         return thread
 
-    def _on_request(self, n: int) -> None:
-        """Per API request of the running sync: move the bar, say how many requests so far."""
-        if n >= self.progress.max:
-            # The number of pages is unknown until the last one: keep the bar short of full.
-            self.progress.max = max(2 * self.progress.max, n + 1)
-        self.progress.value = n
-        self.status.value = html.escape(
-            f"Syncing {self.guru.slug}… {n} request{'s' if n != 1 else ''}"
-        )
+    def _run_sync(self) -> Any:
+        """The one call site of the dashboard's sync: its bar reads the sync's own progress."""
+        return self.guru.sync(progress=False, on_progress=self.progress.apply, **self.sync_options)
 
     def _sync_worker(self) -> None:
         try:
-            summary = self.guru.sync(
-                progress=False,
-                on_progress=lambda p: self._on_request(p.requests),
-                **self.sync_options,
-            )
+            summary = self._run_sync()
         except GuruAnalyticsError as exc:
-            self.progress.bar_style = "danger"
+            self.progress.fail("Sync failed.")
             self.sync_error = exc
             self._set_error(f"Sync failed: {exc}")
         except Exception as exc:  # noqa: BLE001 - a thread has nobody to raise to: show it, keep it
-            self.progress.bar_style = "danger"
+            self.progress.fail("Sync failed.")
             self.sync_error = exc
             _log.exception("dashboard sync failed")
             self._set_error(f"Sync failed with an unexpected {type(exc).__name__}: {exc}")
         else:
             self.sync_summary = summary
-            self.progress.max = max(1, self.progress.value)
-            self.progress.value = self.progress.max
-            self.progress.bar_style = "success"
+            if self.progress.last is None or self.progress.last.phase != "done":
+                # The sync's own "done" record is the one to show; without it, what is known.
+                self.progress.apply(
+                    SyncProgress("done", requests=summary.requests, pages=summary.pages)
+                )
             self._load_users_and_range()
             rendered = self.refresh()
             if rendered is not None:
@@ -791,21 +1102,27 @@ class Dashboard(widgets.VBox):
 
     # --- export ---
 
-    def export_csv(self, path: str | Path | None = None) -> Path:
-        """Write the current activity table (what the plot shows) as CSV and return the path."""
-        from .reports import write_csv
-
+    def _current(self) -> Rendered:
+        """The render matching the controls now (drawn first if the debounce is pending)."""
         rendered = self.last
         if rendered is None or rendered.params != self.controls.params():
             rendered = self.refresh()
         if rendered is None:
             raise ConfigError(f"nothing to export: {self.last_error}")
-        p = rendered.params
-        if path is None:
-            span = f"{p.start or 'all'}_{p.end or 'all'}"
-            split = f"-top{p.top_n}" if p.split == "top" else ""
-            path = self.export_dir / f"{self.guru.slug}-{p.metric}-per-{p.freq}{split}-{span}.csv"
-        out = Path(path)
+        return rendered
+
+    def export_name(self, params: DashboardParams) -> str:
+        span = f"{params.start or 'all'}_{params.end or 'all'}"
+        split = f"-top{params.top_n}" if params.split == "top" else ""
+        return f"{self.guru.slug}-{params.metric}-per-{params.freq}{split}-{span}.csv"
+
+    def export_csv(self, path: str | Path | None = None) -> Path:
+        """Write the current activity table (what the plot shows) as CSV and return the path
+        (default: ``export_dir``). The button offers the same table as a download instead."""
+        from .reports import write_csv
+
+        rendered = self._current()
+        out = Path(path) if path is not None else self.export_dir / self.export_name(rendered.params)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_csv(rendered.table, out)
         self.last_export = out
@@ -813,23 +1130,13 @@ class Dashboard(widgets.VBox):
 
     def _export_clicked(self) -> None:
         try:
-            out = self.export_csv()
-        except (GuruAnalyticsError, OSError) as exc:
+            rendered = self._current()
+        except GuruAnalyticsError as exc:
             self._set_error(f"Export failed: {exc}")
             return
-        replace_outputs(self.export_view, html_output(file_link_html(out), str(out)))
-
-
-def file_link_html(path: Path) -> str:
-    """A link to ``path`` that Jupyter serves: relative to the notebook's directory when the
-    file is under it (FileLink's rule), else the absolute path as text."""
-    from IPython.display import FileLink
-
-    try:
-        rel = path.resolve().relative_to(Path.cwd().resolve())
-    except ValueError:
-        return f"Wrote <code>{html.escape(str(path))}</code>"
-    return "Wrote " + FileLink(str(rel))._repr_html_()
+        self.export_link.value = csv_download_html(
+            rendered.table, self.export_name(rendered.params)
+        )
 
 
 def _valid_tz(tz: str) -> bool:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .errors import UnexpectedResponseError
+from .errors import ConfigError, UnexpectedResponseError
 
 EXPORT_INTERVALS: tuple[str, ...] = ("today", "yesterday", "7d", "30d", "3m", "6m", "12m")
 """The intervals Export Analytics accepts, shortest first (``12m`` = 365 days)."""
@@ -27,6 +27,34 @@ EXPORT_FILTERS: dict[str, tuple[str, ...]] = {
     "referenced_sources": ("all", "github_repo", "website", "youtube", "pdf"),
 }
 """Filter names and their values (``filters=`` of ``GurubaseClient.export_questions``)."""
+
+_INTERVAL_DAYS = {"7d": 7, "30d": 30, "3m": 90, "6m": 180, "12m": 365}
+_US = timedelta(microseconds=1)
+
+
+def export_range(interval: str, now: datetime) -> tuple[datetime, datetime]:
+    """The inclusive UTC range an interval asked at ``now`` covers, as the contract says.
+
+    ``today``: 00:00 to the end of the current hour; ``yesterday``: the previous UTC day
+    (it ends at the last midnight, so it never covers today's questions); ``7d``..``12m``:
+    now minus N days truncated to 00:00, to today 23:59:59.999999. (The local server computes
+    the same from its own copy of the contract: a shared bug would hide on both sides.)
+    """
+    if interval not in EXPORT_INTERVALS:
+        raise ConfigError(
+            f"interval {interval!r} is not valid: use one of {', '.join(EXPORT_INTERVALS)}"
+        )
+    now = now.astimezone(UTC)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if interval == "yesterday":
+        return midnight - timedelta(days=1), midnight - _US
+    if interval == "today":
+        hour = now.replace(minute=0, second=0, microsecond=0)
+        return midnight, hour + timedelta(hours=1) - _US
+    start = (now - timedelta(days=_INTERVAL_DAYS[interval])).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
+    return start, midnight + timedelta(days=1) - _US
 
 _SCHEMES = {
     "code": ("questions", "unable_to_answer", "references"),

@@ -106,6 +106,12 @@ def test_quick_mode_completes_and_writes_the_table(tmp_path: Path) -> None:
     loads = [r[1] for r in rows if r[0] == "4. Analytics" and r[1].startswith("load ")]
     assert loads and loads[0].startswith(f"load {QUICK.analytics_sessions:,} sessions")
 
+    # 6. Questions (issue 15): one export request against one Get Session per session.
+    qs = [r for r in rows if r[0] == "6. Questions"]
+    assert len(qs) == 3 * len(QUICK.full_sizes)
+    assert qs[0][2].startswith("1 request") and qs[0][3] == f"{n:,} Get Session requests"
+    assert qs[1][6] == "yes"  # every follow-up recovered, linked
+
     # 5. Scaling: both quick sizes and the growth row.
     lo, hi = QUICK.scaling_sizes
     sc = [r[1] for r in rows if r[0] == "5. Scaling"]

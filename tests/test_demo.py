@@ -26,6 +26,10 @@ COLUMNS = {
     "summary": ["metric", "current", "previous", "change", "change_pct"],
     "binge_length": ["user", "sessions", "messages", "mean", "median", "p90", "max"],
     "sources": ["bucket", "source", "messages"],
+    # issue 15: the demo syncs questions (one Export Analytics request) and reports on them
+    "questions": ["asked_at", "answered", "source", "trust_score", "follow_up", "session_id"],
+    "question_sources": ["bucket", "source", "questions", "follow_ups", "unanswered"],
+    "unanswered": ["bucket", "questions", "unanswered", "unanswered_share"],
 }
 
 
@@ -37,6 +41,7 @@ def test_demo_writes_everything_then_syncs_incrementally(
     first = capsys.readouterr().out
     assert "Full sync:" in first and f"{SESSIONS:,} new" in first
     assert f"messages of {SESSIONS:,} sessions" in first
+    assert "1 request for every question since the last export" in first  # issue 15
 
     assert (out / "cache.duckdb").is_file()
     assert set(CSV_REPORTS) == set(COLUMNS)
@@ -75,9 +80,11 @@ def test_demo_writes_everything_then_syncs_incrementally(
     assert cli.main(["demo", "--out", str(out), *ARGS]) == 0
     second = capsys.readouterr().out
     assert "Incremental sync:" in second and "already up to date" in second
-    # One request per listing: the guru-wide one and one per user; nothing re-downloaded.
-    assert f"{USERS + 1} requests for {USERS + 1} listings" in second
+    # One request: the guru-wide listing shows nothing new, so no user listing is read (issue
+    # 13; it used to be one request per listing); nothing re-downloaded.
+    assert f"1 requests for {USERS + 1} listings" in second
     assert "0 new and 0 changed sessions, messages of 0 sessions" in second
+    assert "since the last export (0 new)" in second  # a re-export adds nothing
     assert (out / "users.csv").stat().st_mtime_ns >= mtime
     assert pd.read_csv(out / "users.csv").equals(csv["users"])
 
@@ -112,6 +119,7 @@ def test_demo_without_messages_skips_message_outputs(
     assert {"binge_length.csv", "sources.csv", "binge_length.png", "sources.png"}.isdisjoint(
         written
     )
+    assert {"questions.csv", "unanswered.png"} <= written  # questions do not need messages
     assert {"sessions.csv", "users.csv", "activity.png", "heatmap.png"} <= written
     day = pd.read_csv(tmp_path / "activity_day_by_user.csv")
     assert day["bucket"].str.endswith("T00:00:00+05:30").all()  # local midnights in the zone

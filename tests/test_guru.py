@@ -55,13 +55,16 @@ def test_sync_matches_the_server_truth(synced: tuple[Guru, int]) -> None:
         assert users.loc[user, "sessions"] == n
 
 
-def test_second_sync_is_incremental_one_request_per_listing(synced: tuple[Guru, int]) -> None:
+def test_second_sync_is_incremental_and_costs_one_request(synced: tuple[Guru, int]) -> None:
+    # issue 13: the guru-wide listing is the change feed; with nothing new the user listings
+    # are skipped (they used to cost one request each)
     g, _ = synced
     before = g.server.request_count()
     summary = g.sync(progress=False)
     assert summary.mode == "incremental"
     assert len(summary.listings) == 1 + N_USERS
-    assert summary.requests == len(summary.listings) == g.server.request_count() - before
+    assert summary.requests == 1 == g.server.request_count() - before
+    assert any(f"skipped {N_USERS} user listing(s)" in n for n in summary.notes)
     assert summary.sessions_new == summary.sessions_changed == 0
     g.server.clear_log()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -518,3 +519,101 @@ def test_progress_bar_shows_pages_and_rate_limit_pace(
         assert srv.api_key is not None and srv.api_key not in err
         run(srv, store, progress=None)  # stderr is not a terminal here: no bar
         assert capsys.readouterr().err == ""
+
+
+# --- the guru-wide listing as the change feed (issue 13, first part) ---------------------------
+
+
+def _attribution(store: Any, slug: str) -> dict[str, set[str]]:
+    with store.reader() as con:
+        rows = con.execute(
+            "SELECT external_user_id, id FROM session_users WHERE guru = ?", [slug]
+        ).fetchall()
+    out: dict[str, set[str]] = {}
+    for user, sid in rows:
+        out.setdefault(user, set()).add(sid)
+    return out
+
+
+def _assert_attributed(store: Any, srv: LocalGurubase, slug: str, users: list[str]) -> None:
+    got = _attribution(store, slug)
+    for u in users:
+        assert got.get(u, set()) == set(truth(srv, slug, u)), u
+
+
+def test_idle_and_touch_only_syncs_skip_user_listings_at_no_request(tmp_path: Path) -> None:
+    with demo_server(300, users=6) as srv:
+        slug = srv.guru_slug
+        users = srv.users(slug)[:5]
+        store = new_store(tmp_path)
+        run(srv, store, users=users)
+        srv.clear_log()
+        summary = run(srv, store, users=users)  # idle: one guru-wide request, users skipped
+        assert list_requests(srv) == 1
+        assert any("skipped 5 user listing(s)" in n for n in summary.notes)
+        touched = list(srv.truth(slug)["id"].iloc[50:90])  # cached, some of them attributed
+        srv.touch(slug, touched)
+        srv.clear_log()
+        summary = run(srv, store, users=users)
+        assert list_requests(srv) == incremental_budget(40) and summary.sessions_changed == 40
+        assert_exact(store, srv, slug)
+        _assert_attributed(store, srv, slug, users)
+        # a user listing's watermark followed the feed: the next new session costs one page
+        srv.create(slug, 2, external_user_id=users[3])
+        srv.clear_log()
+        summary = run(srv, store, users=users)
+        assert list_requests(srv) == 1 + len(users) and summary.sessions_new == 2
+        _assert_attributed(store, srv, slug, users)
+
+
+def test_new_sessions_after_an_unfinished_attribution_still_get_attributed(
+    tmp_path: Path,
+) -> None:
+    with demo_server(200, users=4) as srv:
+        slug = srv.guru_slug
+        users = srv.users(slug)[:3]
+        store = new_store(tmp_path)
+        run(srv, store, users=users)
+        srv.create(slug, 3, external_user_id=users[1])
+        srv.create(slug, 2)  # nobody's
+        run(srv, store)  # the guru-wide listing took them in; no user listing was read
+        srv.clear_log()
+        summary = run(srv, store, users=users)  # nothing new guru-wide, but users must be read
+        assert list_requests(srv) == 1 + len(users) and not summary.notes
+        _assert_attributed(store, srv, slug, users)
+        srv.clear_log()
+        run(srv, store, users=users)  # now settled: idle again
+        assert list_requests(srv) == 1
+
+
+def test_a_user_added_later_and_full_read_their_listings(tmp_path: Path) -> None:
+    with demo_server(200, users=4) as srv:
+        slug = srv.guru_slug
+        users = srv.users(slug)[:3]
+        store = new_store(tmp_path)
+        run(srv, store, users=users[:2])
+        srv.clear_log()
+        run(srv, store, users=users)  # users[2] is new: its whole listing is read once
+        sizes = len(srv.truth(slug, external_user_id=users[2]))
+        assert list_requests(srv) == 1 + full_budget(sizes)
+        _assert_attributed(store, srv, slug, users)
+        srv.clear_log()
+        run(srv, store, users=users, full=True)
+        assert list_requests(srv) > 1 + len(users)
+
+
+def test_a_session_created_after_the_feed_is_attributed_by_the_next_run(tmp_path: Path) -> None:
+    with demo_server(150, users=3) as srv:
+        slug = srv.guru_slug
+        users = srv.users(slug)[:2]
+        store = new_store(tmp_path)
+        run(srv, store, users=users)
+        # created right after the idle run's only request (before the next one): the run that
+        # skipped the user listings cannot have seen it; the next run attributes it
+        at_request(srv, 2, lambda s: s.create(slug, 1, external_user_id=users[0]))
+        srv.clear_log()
+        run(srv, store, users=users)
+        assert list_requests(srv) == 1
+        run(srv, store, users=users)
+        assert_exact(store, srv, slug)
+        _assert_attributed(store, srv, slug, users)

@@ -37,8 +37,10 @@ Definitions (the README's Metrics section repeats them):
   only.
 - Deleted sessions are left out unless ``include_deleted=True``.
 
-Each result carries ``df.attrs`` with ``basis`` (``"observations"`` or
-``"observations+messages"``: whether message times could be used), ``guru``, ``tz`` and,
+Each result carries ``df.attrs`` with ``basis`` (``"observations"``, plus ``+messages``
+and/or ``+questions``: whether message times and exported questions could be used; the
+export's minute-resolution questions count once with an observation or message of the same
+session in the same minute), ``guru``, ``tz`` and,
 where relevant, ``freq``, ``week_start`` and ``horizon``. ``COLUMNS`` documents every column.
 """
 
@@ -52,9 +54,12 @@ from .. import catalog
 from . import activity as _activity_module
 from . import messages as _messages_module
 from . import people as _people_module
+from . import questions as _questions_module
 from ._query import (
     BASIS_MESSAGES,
+    BASIS_MESSAGES_QUESTIONS,
     BASIS_OBSERVATIONS,
+    BASIS_QUESTIONS,
     COLUMNS,
     FREQ_NAMES,
     NOW_WORDS,
@@ -84,12 +89,13 @@ from .activity import (
 )
 from .messages import binge_length, sources, votes
 from .people import lifecycle, retention, retention_matrix, users
+from .questions import question_sources, question_trust, questions, unanswered
 
 
 def _frame_function(name: str) -> Callable[..., pd.DataFrame]:
     """The frame function called ``name`` in one of the subject modules: a new report needs
     its catalogue entry and its function, and no import line here."""
-    for module in (_activity_module, _people_module, _messages_module):
+    for module in (_activity_module, _people_module, _messages_module, _questions_module):
         fn = getattr(module, name, None)
         if callable(fn):
             return fn
@@ -110,10 +116,11 @@ def __getattr__(name: str) -> Callable[..., pd.DataFrame]:
 
 
 __all__ = [
-    "BASIS_MESSAGES", "BASIS_OBSERVATIONS", "COLUMNS", "FRAMES", "FREQ_NAMES", "NOW_WORDS",
+    "BASIS_MESSAGES", "BASIS_MESSAGES_QUESTIONS", "BASIS_OBSERVATIONS", "BASIS_QUESTIONS", "COLUMNS", "FRAMES", "FREQ_NAMES", "NOW_WORDS",
     "OTHER", "UNKNOWN_SOURCE", "Column", "Source", "SupportsReader", "TimeLike", "activity",
     "binge_length", "bucket_end", "bucket_sql", "complete_until", "lifecycle",
     "normalize_freq", "normalize_week_start", "parse_now", "parse_period", "pivot_activity",
     "reading", "retention", "retention_matrix", "sessions", "sources", "summary", "to_instant",
-    "top_n", "users", "votes", "weekday_hour",
+    "top_n", "users", "votes", "weekday_hour", "questions", "question_sources",
+    "question_trust", "unanswered",
 ]  # fmt: skip

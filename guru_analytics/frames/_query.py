@@ -28,6 +28,8 @@ from ..timestamps import CLOCK_SKEW, EARLIEST_PLAUSIBLE, check_tz, utc_now
 
 BASIS_OBSERVATIONS = "observations"
 BASIS_MESSAGES = "observations+messages"
+BASIS_QUESTIONS = "observations+questions"
+BASIS_MESSAGES_QUESTIONS = "observations+messages+questions"
 UNKNOWN_SOURCE = "(unknown)"
 
 
@@ -372,7 +374,47 @@ def _check_gurus(con: duckdb.DuckDBPyConnection, q: _Query) -> str:
             raise NoDataError(
                 f"no sessions cached for guru '{guru}': run `guru-analytics sync {guru}` first"
             )
-    return BASIS_MESSAGES if any(m for _n, m in counts.values()) else BASIS_OBSERVATIONS
+    has_messages = any(m for _n, m in counts.values())
+    has_questions = "questions" in present and bool(
+        con.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM questions WHERE list_contains($gurus::VARCHAR[], "
+            "guru) AND session_id IS NOT NULL LIMIT 1)",
+            {"gurus": q.gurus},
+        ).fetchall()[0][0]
+    )
+    return basis_of(has_messages, has_questions)
+
+
+def basis_of(messages: bool, questions: bool) -> str:
+    """The ``basis`` attribute: which event sources besides observations were used."""
+    return "+".join(
+        ["observations", *(["messages"] if messages else []), *(["questions"] if questions else [])]
+    )
+
+
+def uses(basis: str, source: str) -> bool:
+    """Whether ``basis`` (``observations+messages+questions``...) includes ``source``."""
+    return source in basis.split("+")
+
+
+# Exported questions (``questions``, schema v4) are read through this text, which
+# ``_execute`` swaps for an empty typed row set on a cache without the table (a file written
+# before v4 read through a raw connection, or a test cache built from ``SCHEMA_V1``).
+QUESTIONS_FROM = "(SELECT guru, kind, asked_at, source, question, trust_score, follow_up, url, session_id FROM questions)"
+_NO_QUESTIONS = (
+    "(SELECT NULL::VARCHAR AS guru, NULL::VARCHAR AS kind, NULL::TIMESTAMPTZ AS asked_at, "
+    "NULL::VARCHAR AS source, NULL::VARCHAR AS question, NULL::DOUBLE AS trust_score, "
+    "NULL::BOOLEAN AS follow_up, NULL::VARCHAR AS url, NULL::VARCHAR AS session_id WHERE false)"
+)
+
+
+def _has_questions_table(con: duckdb.DuckDBPyConnection) -> bool:
+    return bool(
+        con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'questions' "
+            "AND database_name = current_database() AND schema_name = current_schema()"
+        ).fetchall()[0][0]
+    )
 
 
 def _plausible_params() -> dict[str, Any]:
@@ -396,7 +438,9 @@ def _newest_event(con: duckdb.DuckDBPyConnection, q: _Query) -> pd.Timestamp | N
         if q.include_deleted
         else "(SELECT guru, id FROM sessions WHERE deleted)"
     )
-    row = con.execute(
+    # Linked question rows count only for sessions the cache knows (as in ``ev``).
+    frame = _execute(
+        con,
         f"""SELECT greatest(
                (SELECT max(o.last_used) FROM observations o
                 ANTI JOIN {gone} d ON d.guru = o.guru AND d.id = o.id
@@ -404,10 +448,17 @@ def _newest_event(con: duckdb.DuckDBPyConnection, q: _Query) -> pd.Timestamp | N
                (SELECT max(m.date_created) FROM messages m
                 ANTI JOIN {gone} d ON d.guru = m.guru AND d.id = m.session_id
                 WHERE list_contains($gurus::VARCHAR[], m.guru)
-                  AND {plausible("m.date_created")}))""",
+                  AND {plausible("m.date_created")}),
+               (SELECT max(x.asked_at) FROM {QUESTIONS_FROM} x
+                SEMI JOIN sessions s ON s.guru = x.guru AND s.id = x.session_id
+                ANTI JOIN {gone} d ON d.guru = x.guru AND d.id = x.session_id
+                WHERE list_contains($gurus::VARCHAR[], x.guru)
+                  AND {plausible("x.asked_at")})) AS newest""",
         {"gurus": q.gurus, **_plausible_params()},
-    ).fetchone()
-    value = row[0] if row else None
+    )
+    value = frame["newest"].iloc[0] if len(frame) else None
+    if value is not None and pd.isna(value):
+        value = None
     return None if value is None else pd.Timestamp(value).tz_convert("UTC")
 
 
@@ -445,7 +496,7 @@ def _horizon(con: duckdb.DuckDBPyConnection, q: _Query, now: TimeLike) -> pd.Tim
 
 
 def _require_messages(q: _Query, basis: str) -> None:
-    if basis != BASIS_MESSAGES:
+    if not uses(basis, "messages"):
         guru = q.gurus[0]
         raise NoDataError(
             f"no messages cached for guru '{guru}': run `guru-analytics sync {guru} --messages` first"
@@ -507,7 +558,12 @@ def _base_ctes(q: _Query) -> str:
     """CTEs shared by every frame: the selected sessions (``sel``), their user labels
     (``lab``: one row per session and user, ``(unattributed)`` when none), the selected keys
     (``ses``), all their activity events (``ev``: guru, id, ts; deduplicated, before any time
-    range) and their stored messages (``msg``). Filters that are off add no SQL at all."""
+    range) and their stored messages (``msg``). Filters that are off add no SQL at all.
+
+    Exported questions linked to a selected session join ``ev`` at their minute, except where
+    the session has an observation or a message in that same minute: the export has no
+    seconds, so a message at 10:23:27.5 (or a listing's ``last_used`` then) and its exported
+    question at 10:23 are one question, counted once at the more precise instant."""
     where = []
     if not q.include_deleted:
         where.append("NOT s.deleted")
@@ -526,12 +582,21 @@ lab AS (
     {lab_where}
 ),
 ses AS ({ses}),
-ev AS (
+ev0 AS (
     SELECT o.guru, o.id, o.last_used AS ts
     FROM observations o SEMI JOIN ses ON o.guru = ses.guru AND o.id = ses.id
     UNION
     SELECT m.guru, m.session_id, m.date_created
     FROM messages m SEMI JOIN ses ON m.guru = ses.guru AND m.session_id = ses.id
+),
+ev AS (
+    SELECT guru, id, ts FROM ev0
+    UNION
+    SELECT x.guru, x.session_id, x.asked_at
+    FROM {QUESTIONS_FROM} x SEMI JOIN ses ON x.guru = ses.guru AND x.session_id = ses.id
+    ANTI JOIN (SELECT DISTINCT guru, id, date_trunc('minute', ts) AS minute FROM ev0) e0
+        ON e0.guru = x.guru AND e0.id = x.session_id AND e0.minute = x.asked_at
+    WHERE x.kind = 'answered'
 ),
 msg AS (
     SELECT m.guru, m.session_id AS id, m.date_created AS ts, m.source, m.trust_score, m.user_vote
@@ -563,7 +628,10 @@ _PARAM_RE = re.compile(r"\$([a-z_]+)")
 
 
 def _execute(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> pd.DataFrame:
-    """Run ``sql`` with just the ``$names`` it uses (DuckDB rejects unused parameters)."""
+    """Run ``sql`` with just the ``$names`` it uses (DuckDB rejects unused parameters); on a
+    cache without the ``questions`` table, its reads see no rows (``QUESTIONS_FROM``)."""
+    if QUESTIONS_FROM in sql and not _has_questions_table(con):
+        sql = sql.replace(QUESTIONS_FROM, _NO_QUESTIONS)
     used = set(_PARAM_RE.findall(sql))
     return con.execute(sql, {k: v for k, v in params.items() if k in used}).fetchdf()
 

@@ -18,7 +18,6 @@ from ..errors import ConfigError
 from ..store import UNATTRIBUTED
 from ._query import (
     _WEEKDAYS,
-    BASIS_MESSAGES,
     Source,
     TimeLike,
     _base_ctes,
@@ -39,6 +38,7 @@ from ._query import (
     parse_now,
     plausible,
     reading,
+    uses,
 )
 
 OTHER = "other"
@@ -196,7 +196,7 @@ def activity(
         horizon = _horizon(c, q, now)
         df = _run(c, sql, q, horizon=horizon)
     df = df.drop(columns="grp") if by is None else df.rename(columns={"grp": by})
-    if basis != BASIS_MESSAGES:
+    if not uses(basis, "messages"):
         df["messages"] = pd.NA
     attrs = q.attrs(basis, freq=q.freq, week_start=_WEEKDAYS[q.week_start - 1], by=by)
     out = _finish(df, "activity", q.tz, {**attrs, **_horizon_attrs(horizon, q.tz)})
@@ -331,7 +331,7 @@ def summary(
         bounds = {"c_lo": end - td, "c_hi": end, "p_lo": end - 2 * td}
         raw = _execute(c, sql, {**q.params, **{k: _py(v) for k, v in bounds.items()}})
     vals = raw.set_index("k")[list(_SUMMARY_METRICS)].T.astype("Int64")
-    if basis != BASIS_MESSAGES:
+    if not uses(basis, "messages"):
         vals.loc["messages"] = pd.NA
     cur, prev = vals[0], vals[1]
     change = cur - prev

@@ -9,6 +9,7 @@ with ``TimeZone='UTC'``, so values come back tz-aware UTC. The modules behind th
 - ``_sessions``: listing pages (typed, batched, from the sync) and bulk loads (frames);
 - ``_runs``: the run ledger and every listing's sync state;
 - ``_messages``: Get Session answers and what is still pending;
+- ``_questions``: Export Analytics rows (exported questions) and the ledger of exports;
 - ``_overview``: counts, extremes and the last run of one guru.
 
 Every write method is one transaction: a crash or an exception at any point leaves the cache
@@ -22,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pandas as pd
@@ -38,6 +39,13 @@ from ._connection import (
 )
 from ._messages import FETCH_STATUSES, Messages
 from ._overview import Overview
+from ._questions import (
+    QUESTION_KINDS,
+    QuestionExportRecord,
+    Questions,
+    QuestionWrite,
+    question_row_key,
+)
 from ._runs import RUN_COUNTS, UNSET, RunLedger, SyncState, _Unset
 from ._schema import (
     LISTING_COLUMNS,
@@ -47,6 +55,7 @@ from ._schema import (
     SCHEMA_V1,
     SCHEMA_V2,
     SCHEMA_V3,
+    SCHEMA_V4,
     SCHEMA_VERSION,
     Migration,
     check_migrations,
@@ -63,6 +72,9 @@ from ._sessions import (
     Sessions,
 )
 
+if TYPE_CHECKING:
+    from ..wire import QuestionExport
+
 # Listing keys in sync_state / sync_runs: '' is the guru-wide listing.
 UNATTRIBUTED = "(unattributed)"
 
@@ -74,11 +86,13 @@ __all__ = [
     "MESSAGE_COLUMNS",
     "MIGRATIONS",
     "NO_EXTENSIONS",
+    "QUESTION_KINDS",
     "READER_WAIT",
     "RUN_COUNTS",
     "SCHEMA_V1",
     "SCHEMA_V2",
     "SCHEMA_V3",
+    "SCHEMA_V4",
     "SCHEMA_VERSION",
     "UNATTRIBUTED",
     "UNSET",
@@ -91,10 +105,13 @@ __all__ = [
     "LoadResult",
     "Migration",
     "PageWrite",
+    "QuestionExportRecord",
+    "QuestionWrite",
     "Store",
     "SyncState",
     "default_cache_path",
     "listing_fingerprint",
+    "question_row_key",
 ]
 
 
@@ -132,6 +149,7 @@ class Store:
         self._sessions = Sessions(self._db, clock)
         self._runs = RunLedger(self._db, clock)
         self._messages = Messages(self._db)
+        self._questions = Questions(self._db)
         self._overview = Overview(self._db, self._runs)
 
     # --- the file -----------------------------------------------------------------------
@@ -341,6 +359,24 @@ class Store:
     def count_pending(self, guru: str) -> int:
         """How many sessions ``pending_message_fetches`` would return without a limit."""
         return self._messages.count_pending(guru)
+
+    # --- questions (issue 15) -----------------------------------------------------------
+
+    def write_questions(
+        self,
+        guru: str,
+        export: QuestionExport,
+        exported_at: datetime,
+        *,
+        covers_from: datetime | None = None,
+    ) -> QuestionWrite:
+        """Store one Export Analytics answer (rows not stored before, and the export in the
+        ledger) in one transaction; see ``_questions.Questions``."""
+        return self._questions.write_questions(guru, export, exported_at, covers_from=covers_from)
+
+    def last_question_export(self, guru: str) -> QuestionExportRecord | None:
+        """The newest question export of ``guru`` (None before the first)."""
+        return self._questions.last_question_export(guru)
 
     # --- overview -----------------------------------------------------------------------
 

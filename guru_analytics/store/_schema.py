@@ -17,6 +17,8 @@ Tables (schema version ``SCHEMA_VERSION``):
   the PID and host that ran it.
 - ``sync_state``: per listing (guru-wide, per user, per search) the committed watermark and
   the pass in progress, so an interrupted sync resumes.
+- (v4) ``questions`` / ``question_exports``: rows of Export Analytics (every question of an
+  interval in one request) and the ledger of exports; see ``_questions``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from ..errors import CacheSchemaError, ConfigError
 from ..interrupts import is_interrupt
 from ._connection import first_row, one_line
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 SCHEMA_V1 = """
@@ -187,12 +189,52 @@ CREATE INDEX IF NOT EXISTS session_users_by_id ON session_users (id);
 UPDATE sessions SET listing_md5 = {LISTING_FINGERPRINT_SQL};
 """
 
+# v4 (issue 15): the rows of Export Analytics and the ledger of exports. A row has no id in
+# the file, so its key is a fingerprint of its fields (``_questions.question_row_key``) plus
+# its occurrence among identical rows of one export; see ``_questions`` for the overlap rule.
+SCHEMA_V4 = """
+CREATE TABLE IF NOT EXISTS questions (
+    guru VARCHAR NOT NULL,
+    row_key UBIGINT NOT NULL,
+    occurrence INTEGER NOT NULL,
+    kind VARCHAR NOT NULL,
+    asked_at TIMESTAMPTZ NOT NULL,
+    source VARCHAR NOT NULL,
+    question VARCHAR NOT NULL,
+    trust_score DOUBLE,
+    follow_up BOOLEAN,
+    url VARCHAR,
+    session_id VARCHAR,
+    question_slug VARCHAR,
+    extra JSON,
+    first_exported TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (guru, row_key, occurrence)
+);
+CREATE SEQUENCE IF NOT EXISTS question_export_ids START 1;
+CREATE TABLE IF NOT EXISTS question_exports (
+    export_id BIGINT PRIMARY KEY DEFAULT nextval('question_export_ids'),
+    guru VARCHAR NOT NULL,
+    exported_at TIMESTAMPTZ NOT NULL,
+    interval VARCHAR NOT NULL,
+    covers_from TIMESTAMPTZ,
+    scheme VARCHAR NOT NULL,
+    questions INTEGER NOT NULL,
+    unanswered INTEGER NOT NULL,
+    new_rows INTEGER NOT NULL
+);
+"""
+
 Migration = tuple[int, "str | Callable[[duckdb.DuckDBPyConnection], None]"]
 """``(version, step)``: ``step`` is SQL text (may hold several statements) or a callable
 taking the open connection. Each step runs in its own transaction together with the
 ``meta.schema_version`` bump, so a failed upgrade leaves the previous version intact."""
 
-MIGRATIONS: tuple[Migration, ...] = ((1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3))
+MIGRATIONS: tuple[Migration, ...] = (
+    (1, SCHEMA_V1),
+    (2, SCHEMA_V2),
+    (3, SCHEMA_V3),
+    (4, SCHEMA_V4),
+)
 
 LISTING_COLUMNS = (
     "id",
