@@ -21,6 +21,7 @@ from .errors import (
     NotFoundError,
     OutputError,
 )
+from .interrupts import is_interrupt
 
 # Exit codes: 0 ok, 1 other package error, 2 usage/config, 3 auth/forbidden, 4 not found.
 EXIT_CODES: dict[type[GuruAnalyticsError], int] = {
@@ -713,10 +714,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             raise ours from exc
     except GuruAnalyticsError as exc:
-        print(f"guru-analytics: error: {exc}", file=sys.stderr)
         if isinstance(exc, OutputError) and exc.target == "-":
+            if isinstance(exc.__cause__, BrokenPipeError):
+                return _broken_pipe()
             _drop_stdout()
+        print(f"guru-analytics: error: {exc}", file=sys.stderr)
         return _exit_code(exc)
+    except BrokenPipeError:  # stdout's reader went away (`... | head`): nothing more to say
+        return _broken_pipe()
     except KeyboardInterrupt:
         # argv None: this is the process's own command line, which now only exits; more
         # Ctrl-Cs during the exit would print tracebacks from interpreter shutdown
@@ -734,6 +739,18 @@ def _drop_stdout() -> None:
         os.close(devnull)
     except (OSError, ValueError, AttributeError):
         pass  # not a real file descriptor (captured output): nothing will flush it
+
+
+# What a shell reports for a process ended by SIGPIPE (128 + 13), as other tools in a pipe do.
+EXIT_BROKEN_PIPE = 141
+
+
+def _broken_pipe() -> int:
+    """The reader of stdout went away (``guru-analytics report ... -o - | head``): exit
+    quietly, as the Python docs advise, with stdout on /dev/null so the exit flush of what
+    is still buffered does not raise again."""
+    _drop_stdout()
+    return EXIT_BROKEN_PIPE
 
 
 _INTERRUPTED = "guru-analytics: interrupted; the cache keeps every page written so far"
@@ -755,30 +772,19 @@ def _interrupted(*, keep_ignoring: bool) -> int:
 
 
 def _duckdb_as_ours(exc: Exception, args: argparse.Namespace) -> BaseException:
-    """DuckDB's interrupt (a Ctrl-C that landed inside a query) as ``KeyboardInterrupt``, its
-    I/O errors on the cache (a truncated file, a full disk) as ``CacheError``, running out of
-    memory (e.g. hourly buckets since year 1) as one line; anything else unchanged (a bug
-    should show its traceback)."""
-    from .errors import CacheError
-
+    """DuckDB's interrupt (a Ctrl-C that landed inside a query) as ``KeyboardInterrupt``,
+    running out of memory (e.g. hourly buckets since year 1) as one line; anything else
+    unchanged (a bug should show its traceback). The store itself turns DuckDB's I/O errors
+    on the cache (a truncated file, a full disk) into ``CacheError``."""
+    if is_interrupt(exc):
+        return KeyboardInterrupt()
     duckdb = sys.modules.get("duckdb")
     if duckdb is None:
         return exc
-    if isinstance(exc, duckdb.InterruptException) or (
-        type(exc) is RuntimeError and str(exc) == "Query interrupted"
-    ):
-        return KeyboardInterrupt()
     if isinstance(exc, duckdb.OutOfMemoryException):
         detail = (str(exc).strip().splitlines() or ["out of memory"])[0][:160]
         return GuruAnalyticsError(
             f"not enough memory for this ({detail}): narrow --start/--end, use a coarser "
             "--freq or fewer gurus/users"
-        )
-    if isinstance(exc, duckdb.IOException):
-        where = f"cache {args.db}" if getattr(args, "db", None) else "the cache"
-        detail = " ".join(str(exc).split())[:200]
-        return CacheError(
-            f"{where} cannot be read or written ({detail}): if the file was truncated or "
-            "damaged, move it aside and sync again; if the disk is full, free space"
         )
     return exc

@@ -152,6 +152,9 @@ class Page:
     page_num: int
     has_more: bool
     sessions: list[ListedSession]
+    # The server's clock when it answered (its ``Date`` header; None if absent or unreadable):
+    # the sync judges a ``last_used`` beyond it as suspect (see ``paging.is_suspect``).
+    date: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,7 @@ class _Call:
     kind: str  # "list" | "session" | "export"
     subject: str  # guru slug or session id
     max_bytes: int | None = None  # this call's body cap, if not the client's (an export)
+    date: datetime | None = None  # the answer's Date header, once answered (tz-aware)
 
 
 class GurubaseClient:
@@ -520,6 +524,7 @@ class GurubaseClient:
                         status=status,
                         endpoint=call.endpoint,
                     )
+                call.date = _http_date(resp.headers.get("Date"))
                 return data
 
             if status == 429:
@@ -890,7 +895,7 @@ class GurubaseClient:
                         **text,
                     )
                 )
-        return Page(page_num=page_num, has_more=has_more, sessions=sessions)
+        return Page(page_num=page_num, has_more=has_more, sessions=sessions, date=call.date)
 
     def _parse_conversation(self, call: _Call, data: dict[str, Any]) -> Conversation:
         # repair the top-level fields here; each message is repaired (and noted) below
@@ -986,6 +991,17 @@ __all__ = [
 
 class _NoExportData(NotFoundError):
     """Export Analytics' 404 ``No data found to export``: an empty interval, not an error."""
+
+
+def _http_date(value: str | None) -> datetime | None:
+    """An HTTP ``Date`` header as a tz-aware instant; None if absent or not a date."""
+    if not value:
+        return None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return when if when.tzinfo is not None else None
 
 
 def _requests_error(exc: urllib3.exceptions.HTTPError) -> requests.exceptions.RequestException:

@@ -9,6 +9,11 @@ for next, when the listing is complete (``has_more`` false, or a row older than
 member has shown up (bounded), and records the page-boundary *gaps* where a deletion-shift
 could have hidden a row, so the caller can verify exactly those sessions.
 
+A row whose ``last_used`` cannot be true (``is_suspect``: after the server's clock plus a
+day, or before Gurubase existed) is kept but never timed: it sets no ``max_seen`` (so no
+watermark), no ``top``, no stop and no gap, or one session stamped 9999 would end every
+later incremental pass at page 1.
+
 No HTTP and no database here, and no import of the client or the store: the caller turns
 its pages into :class:`PageView` s, so this logic is tested with scripted pages and a
 paging bug cannot hide on both sides of the wire.
@@ -22,6 +27,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from .errors import ConfigError, EndlessListingError
+from .timestamps import CLOCK_SKEW, EARLIEST_PLAUSIBLE
+
+
+def is_suspect(last_used: datetime, now: datetime) -> bool:
+    """Whether a ``last_used`` is outside ``[EARLIEST_PLAUSIBLE, now + CLOCK_SKEW]`` (``now``:
+    the server's clock when it answered, else ours)."""
+    return last_used < EARLIEST_PLAUSIBLE or last_used > now + CLOCK_SKEW
+
 
 # Re-reads allowed per page boundary inside a tie group (a group over k+1 pages gets k×this).
 DEFAULT_TIE_REREAD_BUDGET = 8
@@ -34,10 +47,12 @@ STALL_SLACK = 16
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """What paging needs of a listed session: its id and its ``last_used`` (tz-aware)."""
+    """What paging needs of a listed session: its id and its ``last_used`` (tz-aware);
+    ``suspect``: that instant cannot be true (``is_suspect``), so it is never timed."""
 
     id: str
     last_used: datetime
+    suspect: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,6 +148,7 @@ class PassStats:
     empty_pages: int = 0
     shift_duplicates: int = 0
     stale_pages: int = 0
+    suspect: int = 0  # rows whose last_used cannot be true (counted on every read)
 
 
 @dataclass
@@ -229,7 +245,7 @@ class Pass:
         self.stats.requests += 1
         self._observe(view.rows)
         if self._asked_reread:
-            self._feed_reread(view)
+            self._feed_reread(_timed(view))
         else:
             self._feed_forward(view)
 
@@ -259,7 +275,9 @@ class Pass:
     def _observe(self, rows: Sequence[Row]) -> None:
         for row in rows:
             self.stats.rows += 1
-            if self.max_seen is None or row.last_used > self.max_seen:
+            if row.suspect:
+                self.stats.suspect += 1
+            elif self.max_seen is None or row.last_used > self.max_seen:
                 self.max_seen = row.last_used
             if self.remember_ids:
                 before = self.seen.get(row.id)
@@ -271,8 +289,11 @@ class Pass:
     def _feed_forward(self, view: PageView) -> None:
         self.stats.pages += 1
         self._next_forward = view.page_num + 1
-        rows = view.rows
-        self._check_progress(view)
+        timed = _timed(view)
+        # progress is judged on timed rows too: one year-1 row out of order must not freeze
+        # the frontier (a listing showing nothing but suspect rows for pages is not real)
+        self._check_progress(timed)
+        rows = timed.rows
         if rows and not self._ties_seen:
             self._ties_seen = len({r.last_used for r in rows}) < len({r.id for r in rows})
         if rows:
@@ -287,7 +308,7 @@ class Pass:
                 {r.id for r in rows if r.last_used == oldest},
                 self.stats.requests,
             )
-        else:
+        elif not view.rows:
             self.stats.empty_pages += 1
         stop = self.stop_below
         if not view.has_more or (stop is not None and any(r.last_used < stop for r in rows)):
@@ -432,3 +453,10 @@ class Pass:
             span.pages.insert(0, above)
             span.fresh_since = now
         self._settle(span)
+
+
+def _timed(view: PageView) -> PageView:
+    """The page without its suspect rows: what the time-ordered logic may rely on."""
+    if not any(r.suspect for r in view.rows):
+        return view
+    return PageView(view.page_num, view.has_more, [r for r in view.rows if not r.suspect])

@@ -37,6 +37,7 @@ import pandas as pd
 
 from . import frames
 from .errors import ConfigError, NoDataError, OutputError
+from .store import NO_EXTENSIONS
 
 REPORTS: tuple[str, ...] = tuple(frames.FRAMES)
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -105,7 +106,7 @@ def write_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
     """Write ``df`` as Parquet through an in-memory DuckDB (no pyarrow needed)."""
     data = df.reset_index() if not isinstance(df.index, pd.RangeIndex) else df
     data = data.rename(columns=str)
-    con = duckdb.connect()
+    con = duckdb.connect(config=dict(NO_EXTENSIONS))
     try:
         con.execute("SET TimeZone='UTC'")
         con.register("export_frame", data)

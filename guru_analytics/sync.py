@@ -34,10 +34,12 @@ there) and pre-wait flushing through the limiter's observers; the tqdm bar is on
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -49,7 +51,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import pandas as pd
 
 from .errors import ConfigError, GuruAnalyticsError, NotFoundError
-from .paging import DEFAULT_TIE_REREAD_BUDGET, PageView, Pass, Row
+from .interrupts import is_interrupt, sigint_held_off
+from .paging import DEFAULT_TIE_REREAD_BUDGET, PageView, Pass, Row, is_suspect
 from .progress import ProgressCallback, ProgressEstimator, TqdmProgress, bar_wanted
 from .store import LISTING_COLUMNS, MESSAGE_COLUMNS, ListedPage, SyncState
 from .timestamps import utc_now
@@ -88,6 +91,9 @@ MESSAGE_CHUNK = 500
 # phase. Answers are also written before any wait that releases the cache file and when the
 # phase ends or fails, so a kill loses at most this many (they stay pending, fetched again).
 MESSAGE_BATCH = 50
+# Distinct ids kept per kind of odd row (suspect last_used, repaired text) for the summary's
+# notes: such rows are rare, and a hostile listing of nothing else must not fill memory.
+ODD_IDS_KEPT = 10_000
 
 
 # --- the summary ----------------------------------------------------------------------------
@@ -240,11 +246,31 @@ def _check_search(search: str | None) -> str:
     return search.strip()  # the API strips it too
 
 
+# A users file larger than this is refused: at 10 requests a minute even 1 MiB of ids is more
+# listings than a day of syncing can read, and /dev/zero or a huge file must not fill memory.
+MAX_USERS_FILE_BYTES = 4 * 1024 * 1024
+
+
 def read_users_file(path: str | Path) -> list[str]:
-    """External user ids from a file: one per line, blank lines and ``#`` comments ignored."""
+    """External user ids from a file: one per line, blank lines and ``#`` comments ignored.
+
+    Only a regular file of at most ``MAX_USERS_FILE_BYTES`` (checked before opening, so a
+    FIFO or a device is never read)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        if not stat.S_ISREG(p.stat().st_mode):
+            raise ConfigError(
+                f"users file {str(p)!r} is not a regular file: pass a text file with one "
+                "user id per line"
+            )
+        with p.open("rb") as fh:
+            data = fh.read(MAX_USERS_FILE_BYTES + 1)
+        if len(data) > MAX_USERS_FILE_BYTES:
+            raise ConfigError(
+                f"users file {str(p)!r} is larger than {MAX_USERS_FILE_BYTES // 1024 // 1024} "
+                "MiB: pass a file of user ids, one per line, or split it over several syncs"
+            )
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"users file {str(p)!r} not found: check the path") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -356,6 +382,26 @@ class _CachedRow(NamedTuple):
     extra: str | None
 
 
+class _OddIds:
+    """Distinct ids of rare rows, for a note; counts past ``ODD_IDS_KEPT`` are a lower bound."""
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+        self.more = False
+
+    def add(self, sid: str) -> None:
+        if len(self.ids) < ODD_IDS_KEPT:
+            self.ids.add(sid)
+        elif sid not in self.ids:
+            self.more = True
+
+    def __bool__(self) -> bool:
+        return bool(self.ids)
+
+    def __str__(self) -> str:
+        return f"{len(self.ids)}{'+' if self.more else ''}"
+
+
 class _Syncer:
     """State of one sync() call: the client, the store, counters, the page batch, progress."""
 
@@ -384,6 +430,8 @@ class _Syncer:
         self.max_top_ups = max_top_ups
         self.base = _counters(client)
         self.answers = _Answers(store, guru)
+        self.suspect = _OddIds()  # listed with a last_used that cannot be true
+        self.repaired = _OddIds()  # listed with undecodable text, stored repaired
 
     # --- bookkeeping ---
 
@@ -510,11 +558,14 @@ class _Syncer:
                 search_query=listing.search_query,
                 external_user_id=user,
             )
-            p.feed(
-                PageView(
-                    page.page_num, page.has_more, [Row(s.id, s.last_used) for s in page.sessions]
-                )
-            )
+            now = page.date or self.clock()  # the server's clock, else ours
+            rows = [Row(s.id, s.last_used, is_suspect(s.last_used, now)) for s in page.sessions]
+            for s, row in zip(page.sessions, rows, strict=True):
+                if row.suspect:
+                    self.suspect.add(s.id)
+                if s.repaired:
+                    self.repaired.add(s.id)
+            p.feed(PageView(page.page_num, page.has_more, rows))
             state = {"pass_top": p.top, "pass_next_page": p.resume_page} if save else {}
             self.batch.add(listing.key, ListedPage(page.sessions, user), **state)
             if self.batch.due() or (save and p.stats.requests == 1):
@@ -529,6 +580,19 @@ class _Syncer:
             self.summary.notes.append(
                 f"{_listing_label(listing.key)}: {p.stats.tie_members_missing} session(s) of "
                 f"{p.stats.ties_unresolved} tie group(s) stayed hidden after re-reads"
+            )
+
+    def note_odd_rows(self) -> None:
+        """Say in the summary how many sessions came with suspect or repaired fields."""
+        if self.suspect:
+            self.summary.notes.append(
+                f"{self.suspect} suspect session(s): last_used later than the server's clock "
+                "+ 1 day or before 2023; kept, but never used as a watermark"
+            )
+        if self.repaired:
+            self.summary.notes.append(
+                f"{self.repaired} session(s) had undecodable text (lone UTF-16 surrogates), "
+                "stored with U+FFFD in its place"
             )
 
     # --- deletions ---
@@ -805,8 +869,8 @@ def sync(
     ``on_progress(SyncProgress)``: called after every page and answer, after the export
     (phase ``"questions"``), each second of a wait, and once at the end (phase ``"done"``). ``progress``: a tqdm bar,
     one more consumer of the same reports (None = when stderr is a terminal or in Jupyter).
-    The run is recorded in ``sync_runs``; interrupts (KeyboardInterrupt) are recorded as
-    ``interrupted`` and re-raised; package errors as ``error`` and re-raised.
+    The run is recorded in ``sync_runs``; interrupts (KeyboardInterrupt, or DuckDB's
+    interrupt: ``interrupts.is_interrupt``) are recorded as ``interrupted`` and re-raised; package errors as ``error`` and re-raised.
     """
     if not isinstance(guru, str) or not guru.strip():
         raise ConfigError(f"guru slug {guru!r} is not valid: pass the slug from the guru's URL")
@@ -822,7 +886,7 @@ def sync(
     if users is None and not guru_wide:
         raise ConfigError("nothing to sync: pass users=[...] or keep guru_wide=True")
     listings = listings_for(users, search, guru_wide=guru_wide)
-    plans = [_plan(store, guru, listing, full) for listing in listings]
+    plans = [_plan(store, guru, listing, full, clock) for listing in listings]
     modes = {p.mode for p in plans}
     run_mode = "resume" if "resume" in modes else "full" if "full" in modes else "incremental"
     keys = [lst.key for lst in listings]
@@ -870,7 +934,7 @@ def sync(
     skip: list[_Plan] = []  # user listings with nothing to attribute (after the guru-wide one)
     feed: datetime | None = None  # the guru-wide watermark this run committed
     try:
-        with store.capped(**SYNC_SETTINGS), observing:
+        with store.capped(**SYNC_SETTINGS), store.waiting_for_readers(), observing:
             try:
                 skipped = 0
                 for plan in plans:
@@ -892,28 +956,30 @@ def sync(
             except BaseException:
                 batch.flush_after_error()
                 raise
+            syncer.note_odd_rows()
             if questions:
                 syncer.export_questions()
             if messages:
                 syncer.fetch_messages(max_requests)
         summary.outcome = "ok"
-    except KeyboardInterrupt:
-        summary.outcome = "interrupted"
-        error = "interrupted (KeyboardInterrupt)"
-        raise
     except GuruAnalyticsError as exc:
         summary.outcome = "error"
         error = str(exc)
         raise
-    except Exception as exc:  # recorded, then re-raised unchanged: never swallowed
-        summary.outcome = "error"
-        error = f"{type(exc).__name__}: {exc}"
+    except BaseException as exc:  # recorded, then re-raised unchanged: never swallowed
+        if is_interrupt(exc):  # a Ctrl-C, also as DuckDB raises it inside a query
+            summary.outcome = "interrupted"
+            error = f"interrupted ({type(exc).__name__})"
+        elif isinstance(exc, Exception):
+            summary.outcome = "error"
+            error = f"{type(exc).__name__}: {exc}"
         raise
     finally:
         syncer.refresh_counts()
         summary.seconds = monotonic() - t0
         try:
-            _end_run(store, summary, error)
+            with sigint_held_off():  # a few ms: a Ctrl-C now must not lose the run's record
+                _end_run(store, summary, error)
         except GuruAnalyticsError as exc:
             if error is None:
                 raise
@@ -953,9 +1019,15 @@ def _users_to_skip(feed: _Plan, plans: Sequence[_Plan]) -> list[_Plan]:
     ]
 
 
-def _plan(store: Store, guru: str, listing: Listing, full: bool) -> _Plan:
-    """How one listing is read: resume its interrupted pass, a full pass, or incremental."""
+def _plan(
+    store: Store, guru: str, listing: Listing, full: bool, clock: Callable[[], datetime]
+) -> _Plan:
+    """How one listing is read: resume its interrupted pass, a full pass, or incremental.
+    A watermark that cannot be true (written before suspect rows were recognised) is
+    ignored: a full pass replaces it."""
     state = store.get_state(guru, listing.key)
+    if state is not None and state.watermark is not None and is_suspect(state.watermark, clock()):
+        state = dataclasses.replace(state, watermark=None)
     if (
         state is not None
         and state.pass_next_page is not None

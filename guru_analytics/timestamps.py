@@ -20,6 +20,11 @@ if TYPE_CHECKING:  # pandas/numpy load lazily: the CLI imports this module on ev
 
 _US_PER_S = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# A last_used before this cannot be true (Gurubase did not exist), nor one later than the
+# clock plus this skew: such instants are suspect. The sync keeps them but never takes one
+# as a watermark (``paging.is_suspect``); reports never let one set their default range.
+EARLIEST_PLAUSIBLE = datetime(2023, 1, 1, tzinfo=UTC)
+CLOCK_SKEW = timedelta(days=1)
 
 
 def parse_api_timestamp(value: str) -> datetime:

@@ -3,8 +3,8 @@
 Every server here is ``tests/hostile_server.py``: written from the API contract alone, its
 answers scripted per test. Each test asserts the user sees one line (never a traceback),
 nothing stored is lost, and the API key appears nowhere (stdout, stderr, exceptions, cache).
-Items whose fix belongs to the store/sync split are ``xfail(strict=True)``: they fail today
-and turn into failures the moment the fix lands, so the marker is removed with it.
+Where a real part cannot be aimed (a Ctrl-C inside one chosen query), a test says so and
+raises the exception the real part was observed to raise.
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ from guru_analytics.errors import (
 from guru_analytics.store import Store
 from guru_analytics.sync import sync
 
-STORE_SPLIT = "issue 14 item {}: fix lands with the store split"
 INTERRUPTED = "guru-analytics: interrupted; the cache keeps every page written so far"
 
 
@@ -218,10 +217,9 @@ def test_ctrl_c_at_varied_moments_never_shows_a_traceback_and_the_next_sync_resu
             assert "Traceback" not in err, err
             assert proc.returncode == 130, (proc.returncode, err)
             lines = err.strip().splitlines()
-            assert lines[-1] == INTERRUPTED
-            # a second Ctrl-C inside the store's rollback can still log this line before it:
-            # store-side, pinned by the xfail test below
-            assert all(line.startswith("could not record the end") for line in lines[:-1]), err
+            # a second Ctrl-C inside the store's rollback no longer loses the run's record
+            # (test_a_double_ctrl_c_inside_a_write_still_records_the_run): one line only
+            assert lines == [INTERRUPTED], err
             assert KEY not in out + err
         # nothing written was lost, and an uninterrupted sync completes the listing
         code, out, _err = sync_cli(srv, db, capsys)
@@ -251,7 +249,6 @@ class _InterruptOnPage:
         return self.client.list_sessions(guru, page_num, **kwargs)
 
 
-@pytest.mark.xfail(strict=True, reason=STORE_SPLIT.format(1))
 def test_a_duckdb_interrupt_mid_sync_is_recorded_as_interrupted(tmp_path: Path) -> None:
     exc = _real_duckdb_interrupt("sigint")
     items = listing(300)
@@ -291,7 +288,6 @@ class _SecondCtrlC:
         return getattr(self._conn, name)
 
 
-@pytest.mark.xfail(strict=True, reason=STORE_SPLIT.format(1))
 def test_a_double_ctrl_c_inside_a_write_still_records_the_run(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -475,7 +471,6 @@ def test_a_truncated_cache_is_one_line(
     assert code == 1 and "truncated or damaged" in line
 
 
-@pytest.mark.xfail(strict=True, reason=STORE_SPLIT.format(4))
 def test_a_truncated_cache_is_a_cache_error_from_the_store(synced_cache: Path) -> None:
     with synced_cache.open("r+b") as fh:
         fh.truncate(synced_cache.stat().st_size // 2)
@@ -533,7 +528,6 @@ def test_a_report_too_big_for_memory_is_one_line(synced_cache: Path) -> None:
 # --- 5. a far-future last_used --------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=STORE_SPLIT.format(5))
 def test_a_far_future_last_used_does_not_hide_later_sessions(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], key_env: None
 ) -> None:
@@ -550,6 +544,67 @@ def test_a_far_future_last_used_does_not_hide_later_sessions(
     assert stored_ids(db) >= {s["id"] for s in new}
     assert "suspect" in out
 
+
+
+def test_a_suspect_watermark_left_by_an_older_sync_is_replaced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key_env: None
+) -> None:
+    items = listing(90)
+    db = tmp_path / "c.duckdb"
+    with HostileServer(serve_listing(items)) as srv:
+        assert sync_cli(srv, db, capsys)[0] == 0
+        store = Store(db)  # as a sync before this fix left it: the 9999 row's watermark
+        store.save_state(GURU, "", watermark=datetime(9999, 12, 31, tzinfo=UTC))
+        store.close()
+        code, out, _err = sync_cli(srv, db, capsys)
+    assert code == 0 and "full" in out  # read again, in full, not stopped at page 1
+    store = Store(db)
+    try:
+        state = store.get_state(GURU, "")
+    finally:
+        store.close()
+    assert state is not None and state.watermark == max(
+        datetime.fromisoformat(s["last_used"].replace("Z", "+00:00")) for s in items
+    )
+
+
+@pytest.fixture
+def suspect_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str], key_env: None) -> Path:
+    items = [
+        session(900, datetime(9999, 12, 31, tzinfo=UTC)),
+        *listing(60),
+        {**session(901, T0), "last_used": "0001-01-01T00:00:00Z"},
+    ]
+    db = tmp_path / "c.duckdb"
+    with HostileServer(serve_listing(items)) as srv:
+        code, out, _err = sync_cli(srv, db, capsys)
+    assert code == 0 and "2 suspect session(s)" in out
+    assert stored_ids(db) == {s["id"] for s in items}  # kept, all of them
+    return db
+
+
+@pytest.mark.parametrize("freq", ["hour", "day"])
+def test_suspect_instants_do_not_stretch_a_report_s_default_range(
+    suspect_cache: Path, tmp_path: Path, freq: str
+) -> None:
+    out_csv = tmp_path / "activity.csv"
+    args = ["--db", str(suspect_cache), "--freq", freq, "-o", str(out_csv)]
+    assert main(["report", "activity", GURU, *args]) == 0
+    buckets = pd.to_datetime(pd.read_csv(out_csv)["bucket"], utc=True)
+    newest = T0 + timedelta(hours=1)
+    assert buckets.min() >= T0 - timedelta(days=3) and buckets.max() <= newest
+    assert len(buckets) < 100
+
+
+def test_a_huge_explicit_range_at_hourly_buckets_is_refused_with_its_size(
+    suspect_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--db", str(suspect_cache), "--freq", "hour", "--start", "0001-01-01", "-o", "-"]
+    assert main(["report", "activity", GURU, *args]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "buckets, more than 200,000" in line and "--freq" in line
+    assert main(["plot", "activity", GURU, *args[:-2], "-o", str(tmp_path / "a.png")]) == 2
+    assert "more than 200,000" in one_error_line(capsys.readouterr().err)
 
 # --- 6. an undecodable title ----------------------------------------------------------
 
@@ -579,6 +634,33 @@ def test_a_lone_surrogate_title_is_repaired_and_the_sync_completes(
     finally:
         store.close()
     assert title == ("bad \ufffd title",)
+
+
+def test_a_page_carries_the_server_s_date() -> None:
+    # the sync judges last_used against the server's clock (its Date header), not ours
+    with (
+        HostileServer(lambda req: Reply(body=page(listing(1), False))) as srv,
+        GurubaseClient(KEY, srv.base_url, rate_limit=None) as client,
+    ):
+        got = client.list_sessions(GURU, 1)
+    assert got.date is not None and got.date.utcoffset() == timedelta(0)
+
+
+def test_the_sync_summary_counts_repaired_sessions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key_env: None
+) -> None:
+    items = listing(60)
+    text = json.dumps(paged(items, 1))
+    for n in (3, 7):
+        text = text.replace(f'"question {n}"', '"bad \\ud800 title"')
+
+    def script(req: Request) -> Reply:
+        return Reply(body=text if req.body["page_num"] == 1 else paged(items, 2))
+
+    with HostileServer(script) as srv:
+        code, out, err = sync_cli(srv, tmp_path / "c.duckdb", capsys)
+    assert code == 0, err
+    assert "2 session(s) had undecodable text" in out
 
 
 def test_the_client_notes_which_fields_it_repaired() -> None:
@@ -773,7 +855,6 @@ def _sqlite_file(path: Path) -> Path:
     return path
 
 
-@pytest.mark.xfail(strict=True, reason=STORE_SPLIT.format(9))
 def test_a_sqlite_file_as_db_is_named_as_such(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -783,7 +864,6 @@ def test_a_sqlite_file_as_db_is_named_as_such(
     assert "SQLite" in line and "incompatible DuckDB" not in line and "download" not in line
 
 
-@pytest.mark.xfail(strict=True, reason=STORE_SPLIT.format(9))
 def test_cache_connections_never_install_or_load_extensions(tmp_path: Path) -> None:
     store = Store(tmp_path / "c.duckdb")
     try:
@@ -829,7 +909,6 @@ def test_a_report_during_an_unthrottled_sync_succeeds(tmp_path: Path) -> None:
     assert reader.returncode == 0, reader.stderr
 
 
-@pytest.mark.xfail(strict=True, reason=STORE_SPLIT.format(10))
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_a_sync_waits_for_a_reader_instead_of_dying(tmp_path: Path) -> None:
     items = listing(150)
@@ -852,6 +931,115 @@ def test_a_sync_waits_for_a_reader_instead_of_dying(tmp_path: Path) -> None:
     assert summary.outcome == "ok"
     assert stored_ids(db) == {s["id"] for s in items}
 
+
+HOLDER = """
+import sys, time
+from guru_analytics.store import Store
+store = Store(sys.argv[1])
+if sys.argv[2] == "sync":  # a sync between two writes: its run is running, the file read
+    store.begin_run("g", "full", [""])
+    store.release()
+with store.reader() as con:
+    print("holding", flush=True)
+    time.sleep(float(sys.argv[3]))
+"""
+
+
+@pytest.mark.parametrize("kind", ["reader", "sync"])
+def test_lock_messages_name_a_reader_or_a_sync(tmp_path: Path, kind: str) -> None:
+    db = tmp_path / "c.duckdb"
+    Store(db).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(db), kind, "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        store = Store(db, lock_timeout=0.3)
+        try:
+            # a sync waits for a reader, never for another sync
+            with store.waiting_for_readers(0.3 if kind == "reader" else 600), pytest.raises(
+                CacheError
+            ) as info:
+                store.connection()
+        finally:
+            store.close()
+    finally:
+        holder.kill()
+        holder.communicate()
+    if kind == "sync":
+        assert f"held by a sync (PID {holder.pid})" in str(info.value)
+        assert str(info.value).endswith("wait for that sync to finish or pass a different --db")
+    else:
+        assert f"held by PID {holder.pid} (a reader or another program)" in str(info.value)
+        assert "that sync" not in str(info.value)
+
+
+# --- 11. pipes and users files ----------------------------------------------------------
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX pipes")
+@pytest.mark.parametrize("command", ["report", "sync"])
+def test_a_closed_stdout_pipe_exits_quietly(synced_cache: Path, command: str) -> None:
+    # `guru-analytics ... | head` where head has already exited: stdout's pipe is closed
+    env = {**os.environ, "GURUBASE_API_KEY": KEY}
+    with HostileServer(serve_listing(listing(60))) as srv:
+        args = ["report", "sessions", GURU, "--db", str(synced_cache), "-o", "-"]
+        if command == "sync":
+            args = ["sync", GURU, "--db", str(synced_cache), "--base-url", srv.base_url,
+                    "--rate-limit", "none", "--no-progress"]  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "guru_analytics", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+        )  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        err = proc.stderr.read()
+        code = proc.wait(timeout=120)
+    assert code == 141 and err == "", err  # a shell's code for SIGPIPE, and not a word
+    if command == "sync":  # the sync itself finished and was recorded before the print
+        store = Store(synced_cache)
+        try:
+            assert list(store.runs(GURU)["outcome"]) == ["ok", "ok"]
+        finally:
+            store.close()
+
+
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)  # opening it would block until a writer comes: it must not be opened
+    return path
+
+
+def _huge(path: Path) -> Path:
+    with path.open("wb") as fh:
+        fh.truncate(64 * 1024 * 1024)  # sparse: 64 MiB of NULs on no disk space
+    return path
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="/dev/zero, FIFOs")
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda tmp: Path("/dev/zero"), "not a regular file"),
+        (lambda tmp: _fifo(tmp / "ids.fifo"), "not a regular file"),
+        (lambda tmp: tmp, "not a regular file"),
+        (lambda tmp: _huge(tmp / "ids.txt"), "larger than 4 MiB"),
+    ],
+)
+def test_a_users_file_that_is_no_small_file_is_refused(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    key_env: None,
+    make: Callable[[Path], Path],
+    words: str,
+) -> None:
+    users = make(tmp_path)
+    db = tmp_path / "c.duckdb"
+    with HostileServer(serve_listing(listing(3))) as srv:
+        code, _out, err = sync_cli(srv, db, capsys, "--users-file", str(users))
+        assert srv.requests == []
+    line = one_error_line(err)
+    assert code == 2 and words in line and str(users) in line
 
 # --- the key stays out of everything ---------------------------------------------------
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from guru_analytics.errors import ConfigError, EndlessListingError
-from guru_analytics.paging import STALL_SLACK, PageView, Pass, Row
+from guru_analytics.paging import STALL_SLACK, PageView, Pass, Row, is_suspect
 
 T0 = datetime(2025, 7, 1, 12, 0, tzinfo=UTC)
 
@@ -433,3 +433,46 @@ def test_a_long_tie_group_is_progress_not_a_stall() -> None:
 def test_stall_slack_must_not_be_negative() -> None:
     with pytest.raises(ConfigError, match="stall_slack"):
         Pass(stall_slack=-1)
+
+
+# --- suspect instants (issue 14 item 5) -------------------------------------------------------
+
+
+def test_is_suspect_bounds() -> None:
+    now = T0
+    assert not is_suspect(now + timedelta(hours=23), now)
+    assert is_suspect(now + timedelta(days=2), now)
+    assert is_suspect(datetime(2022, 12, 31, tzinfo=UTC), now)
+    assert not is_suspect(datetime(2023, 1, 1, tzinfo=UTC), now)
+
+
+def test_a_suspect_row_sets_no_top_max_seen_or_stop() -> None:
+    future = Row("f", datetime(9999, 12, 31, tzinfo=UTC), suspect=True)
+    ancient = Row("a", datetime(1, 1, 1, tzinfo=UTC), suspect=True)
+    pages = {
+        1: PageView(1, True, [future, *rows(("x", 1), ("y", 2))]),
+        2: PageView(2, False, [*rows(("z", 3)), ancient]),
+    }
+    # an incremental pass whose watermark lies below every true row: it must not stop at the
+    # year-1 row's page early, nor take 9999 as its top or newest instant
+    p = Pass(stop_below=ts(10))
+    assert drive(p, lambda n: pages[n]) == [1, 2]
+    assert p.top == ts(1) and p.max_seen == ts(1)
+    assert p.stats.suspect == 2 and p.stats.rows == 5
+    assert not p.in_gap(datetime(5000, 1, 1, tzinfo=UTC))
+    # the year-1 row alone on a page with has_more does not end the pass either
+    q = Pass(stop_below=ts(10))
+    more = {1: PageView(1, True, [ancient]), 2: PageView(2, False, rows(("x", 1)))}
+    assert drive(q, lambda n: more[n]) == [1, 2] and q.max_seen == ts(1)
+
+
+def test_a_year_1_row_out_of_order_does_not_look_like_an_endless_listing() -> None:
+    ancient = Row("a", datetime(1, 1, 1, tzinfo=UTC), suspect=True)
+    n = STALL_SLACK + 5
+
+    def answer(page: int) -> PageView:
+        body = rows(*((f"r{page}-{i}", page * 30 + i) for i in range(30)))
+        return PageView(page, page < n, [ancient, *body] if page == 1 else body)
+
+    p = Pass()
+    assert drive(p, answer) == list(range(1, n + 1))

@@ -24,7 +24,7 @@ from .. import catalog
 from ..checks import guru_slug
 from ..errors import CacheSchemaError, ConfigError, NoDataError
 from ..store import UNATTRIBUTED
-from ..timestamps import check_tz, utc_now
+from ..timestamps import CLOCK_SKEW, EARLIEST_PLAUSIBLE, check_tz, utc_now
 
 BASIS_OBSERVATIONS = "observations"
 BASIS_MESSAGES = "observations+messages"
@@ -69,6 +69,18 @@ _SERIES_STEP = {
     "M": "INTERVAL 1 month",
     "Q": "INTERVAL 3 month",
     "Y": "INTERVAL 1 year",
+}
+# The most buckets a bucketed frame builds: hourly buckets from year 1 would need ~18 million
+# rows per group (gigabytes); a real guru spans years at most (~40,000 hours since 2023).
+MAX_BUCKETS = 200_000
+# The shortest length of each bucket, to bound how many a range holds.
+_MIN_BUCKET = {
+    "H": pd.Timedelta(hours=1),
+    "D": pd.Timedelta(days=1),
+    "W": pd.Timedelta(days=7),
+    "M": pd.Timedelta(days=28),
+    "Q": pd.Timedelta(days=89),
+    "Y": pd.Timedelta(days=365),
 }
 
 
@@ -280,9 +292,27 @@ class _Query:
             week_start=normalize_week_start(week_start),
         )
 
+    def check_buckets(self) -> None:
+        """Refuse a range too long for the bucket size (``MAX_BUCKETS``) before querying.
+
+        An open end is bounded by what can be in the cache (``plausible``), so this is an
+        upper bound on the buckets the frame builds."""
+        lo = self.start if self.start is not None else pd.Timestamp(EARLIEST_PLAUSIBLE)
+        hi = self.end if self.end is not None else pd.Timestamp(utc_now() + CLOCK_SKEW)
+        if hi <= lo:
+            return
+        n = int((hi - lo) / _MIN_BUCKET[self.freq]) + 1
+        if n > MAX_BUCKETS:
+            raise ConfigError(
+                f"{lo.date()} to {hi.date()} in {FREQ_NAMES[self.freq]}s is about {n:,} "
+                f"buckets, more than {MAX_BUCKETS:,}: narrow --start/--end or use a coarser "
+                "--freq"
+            )
+
     @property
     def params(self) -> dict[str, Any]:
         return {
+            **_plausible_params(),
             "gurus": self.gurus,
             "tz": self.tz,
             "lo": None if self.start is None else self.start.to_pydatetime(),
@@ -387,9 +417,20 @@ def _has_questions_table(con: duckdb.DuckDBPyConnection) -> bool:
     )
 
 
+def _plausible_params() -> dict[str, Any]:
+    return {"earliest": EARLIEST_PLAUSIBLE, "ceiling": utc_now() + CLOCK_SKEW}
+
+
+def plausible(ts: str) -> str:
+    """SQL for "instant ``ts`` can be true": from 2023 (Gurubase) to a day after now. A
+    ``last_used`` outside (a hostile or broken server's 9999 or year 1) is kept in the cache
+    but never sets a default range or the horizon, which would stretch every report."""
+    return f"({ts} >= $earliest::TIMESTAMPTZ AND {ts} <= $ceiling::TIMESTAMPTZ)"
+
+
 def _newest_event(con: duckdb.DuckDBPyConnection, q: _Query) -> pd.Timestamp | None:
-    """The newest activity event of the query's gurus (of any user, any title; deleted
-    sessions only with ``include_deleted``): what ``now="latest"`` means."""
+    """The newest plausible activity event of the query's gurus (of any user, any title;
+    deleted sessions only with ``include_deleted``): what ``now="latest"`` means."""
     # An anti join against the (few) deleted sessions, not a join with every session: the
     # horizon is read by every bucketed frame and must stay a small part of it.
     gone = (
@@ -403,15 +444,17 @@ def _newest_event(con: duckdb.DuckDBPyConnection, q: _Query) -> pd.Timestamp | N
         f"""SELECT greatest(
                (SELECT max(o.last_used) FROM observations o
                 ANTI JOIN {gone} d ON d.guru = o.guru AND d.id = o.id
-                WHERE list_contains($gurus::VARCHAR[], o.guru)),
+                WHERE list_contains($gurus::VARCHAR[], o.guru) AND {plausible("o.last_used")}),
                (SELECT max(m.date_created) FROM messages m
                 ANTI JOIN {gone} d ON d.guru = m.guru AND d.id = m.session_id
-                WHERE list_contains($gurus::VARCHAR[], m.guru)),
+                WHERE list_contains($gurus::VARCHAR[], m.guru)
+                  AND {plausible("m.date_created")}),
                (SELECT max(x.asked_at) FROM {QUESTIONS_FROM} x
                 SEMI JOIN sessions s ON s.guru = x.guru AND s.id = x.session_id
                 ANTI JOIN {gone} d ON d.guru = x.guru AND d.id = x.session_id
-                WHERE list_contains($gurus::VARCHAR[], x.guru))) AS newest""",
-        {"gurus": q.gurus},
+                WHERE list_contains($gurus::VARCHAR[], x.guru)
+                  AND {plausible("x.asked_at")})) AS newest""",
+        {"gurus": q.gurus, **_plausible_params()},
     )
     value = frame["newest"].iloc[0] if len(frame) else None
     if value is not None and pd.isna(value):

@@ -36,6 +36,7 @@ from ._query import (
     bucket_sql,
     complete_sql,
     parse_now,
+    plausible,
     reading,
     uses,
 )
@@ -126,6 +127,7 @@ def activity(
         raise ConfigError(f"unknown metric {wide!r}: use one of {', '.join(_ACTIVITY_METRICS)}")
     if wide == "active_users" and by == "user":
         raise ConfigError(_PER_USER_ACTIVE_USERS)
+    q.check_buckets()
 
     def b(ts: str) -> str:
         return bucket_sql(ts, q.freq, q.week_start)
@@ -160,8 +162,10 @@ def activity(
     au_join = "" if by == "user" else "LEFT JOIN au ON au.b = bk.b AND au.grp = grps.grp"
     sql = f"""
     WITH {_base_ctes(q)},
-    rng AS (SELECT coalesce($lo::TIMESTAMPTZ, min(ts)) AS lo,
-                   coalesce($hi::TIMESTAMPTZ, max(ts) + INTERVAL 1 microsecond) AS hi FROM ev),
+    rng AS (SELECT coalesce($lo::TIMESTAMPTZ, min(ts) FILTER ({plausible("ts")})) AS lo,
+                   coalesce($hi::TIMESTAMPTZ,
+                            max(ts) FILTER ({plausible("ts")}) + INTERVAL 1 microsecond) AS hi
+            FROM ev),
     bk AS ({_series_sql("SELECT lo FROM rng", "SELECT hi FROM rng", q.freq, q.week_start)}),
     ew AS (SELECT guru, id, ts, min(ts) OVER (PARTITION BY guru, id) AS first_ts FROM ev),
     -- per session and bucket: events, and whether the session's first event ever is here

@@ -25,6 +25,7 @@ from ._query import (
     _run,
     _series_sql,
     bucket_sql,
+    plausible,
     reading,
 )
 
@@ -74,12 +75,15 @@ def _message_bucket_frame(
 ) -> pd.DataFrame:
     """Shared query for message-per-bucket frames (sources, votes): every bucket from the
     first to the last activity EVENT (as ``activity``), not message, so buckets line up."""
+    q.check_buckets()
     b = bucket_sql("ts", q.freq, q.week_start)
     grp_col = f"{group}" if group else "''"
     sql = f"""
     WITH {_base_ctes(q)},
-    rng AS (SELECT coalesce($lo::TIMESTAMPTZ, min(ts)) AS lo,
-                   coalesce($hi::TIMESTAMPTZ, max(ts) + INTERVAL 1 microsecond) AS hi FROM ev),
+    rng AS (SELECT coalesce($lo::TIMESTAMPTZ, min(ts) FILTER ({plausible("ts")})) AS lo,
+                   coalesce($hi::TIMESTAMPTZ,
+                            max(ts) FILTER ({plausible("ts")}) + INTERVAL 1 microsecond) AS hi
+            FROM ev),
     bk AS ({_series_sql("SELECT lo FROM rng", "SELECT hi FROM rng", q.freq, q.week_start)}),
     mb AS (SELECT *, {b} AS b, coalesce(source, '{UNKNOWN_SOURCE}') AS src FROM msg
            WHERE ts >= (SELECT lo FROM rng) AND ts < (SELECT hi FROM rng)),

@@ -28,6 +28,7 @@ from ._query import (
     _series_sql,
     bucket_sql,
     complete_sql,
+    plausible,
     reading,
 )
 
@@ -92,14 +93,17 @@ def users(
 
 def _user_buckets_ctes(q: _Query, include_unattributed: bool) -> str:
     """CTEs ``span``, ``bk`` (bucket ``b`` with index ``idx`` over data ∪ range) and ``ui``
-    (distinct user, bucket index of activity), over all history (the range only trims output)."""
+    (distinct user, bucket index of activity), over all history (the range only trims output).
+    Checks the range's bucket count first (``_Query.check_buckets``)."""
+    q.check_buckets()
     b = bucket_sql("ev.ts", q.freq, q.week_start)
     keep = "true" if include_unattributed else f"lab.label <> '{UNATTRIBUTED}'"
     return f"""
     ul AS (SELECT DISTINCT lab.label AS u, {b} AS b
            FROM ev JOIN lab ON lab.guru = ev.guru AND lab.id = ev.id WHERE {keep}),
-    span AS (SELECT least(min(ev.ts), $lo::TIMESTAMPTZ) AS lo,
-                    greatest(max(ev.ts) + INTERVAL 1 microsecond, $hi::TIMESTAMPTZ) AS hi
+    span AS (SELECT least(min(ev.ts) FILTER ({plausible("ev.ts")}), $lo::TIMESTAMPTZ) AS lo,
+                    greatest(max(ev.ts) FILTER ({plausible("ev.ts")}) + INTERVAL 1 microsecond,
+                             $hi::TIMESTAMPTZ) AS hi
              FROM ev JOIN lab ON lab.guru = ev.guru AND lab.id = ev.id WHERE {keep}),
     bk AS (SELECT b, row_number() OVER (ORDER BY b) AS idx
            FROM ({_series_sql("SELECT lo FROM span", "SELECT hi FROM span", q.freq, q.week_start)})),

@@ -31,6 +31,7 @@ from ._query import (
     _run,
     _series_sql,
     bucket_sql,
+    plausible,
     reading,
 )
 
@@ -109,12 +110,14 @@ def questions(
 def _bucketed(con: Source, q: _Query, report: str, select: str, group: str | None) -> pd.DataFrame:
     """Question rows per bucket (and per ``group`` column), every bucket from the first to the
     last selected question (or ``start``/``end``), zeros included."""
+    q.check_buckets()
     b = bucket_sql("asked_at", q.freq, q.week_start)
     grp = group or "''"
     sql = f"""
     WITH {_base_ctes(q)}, {_selected(q)},
-    rng AS (SELECT coalesce($lo::TIMESTAMPTZ, min(asked_at)) AS lo,
-                   coalesce($hi::TIMESTAMPTZ, max(asked_at) + INTERVAL 1 microsecond) AS hi
+    rng AS (SELECT coalesce($lo::TIMESTAMPTZ, min(asked_at) FILTER ({plausible("asked_at")})) AS lo,
+                   coalesce($hi::TIMESTAMPTZ, max(asked_at) FILTER ({plausible("asked_at")})
+                                              + INTERVAL 1 microsecond) AS hi
             FROM qs),
     bk AS ({_series_sql("SELECT lo FROM rng", "SELECT hi FROM rng", q.freq, q.week_start)}),
     qb AS (SELECT *, {b} AS b FROM qs

@@ -29,7 +29,14 @@ import duckdb
 import pandas as pd
 
 from ..timestamps import utc_now
-from ._connection import MAX_LOCK_BACKOFF, ConnectFactory, Database, default_cache_path
+from ._connection import (
+    MAX_LOCK_BACKOFF,
+    NO_EXTENSIONS,
+    READER_WAIT,
+    ConnectFactory,
+    Database,
+    default_cache_path,
+)
 from ._messages import FETCH_STATUSES, Messages
 from ._overview import Overview
 from ._questions import (
@@ -78,7 +85,9 @@ __all__ = [
     "MAX_LOCK_BACKOFF",
     "MESSAGE_COLUMNS",
     "MIGRATIONS",
+    "NO_EXTENSIONS",
     "QUESTION_KINDS",
+    "READER_WAIT",
     "RUN_COUNTS",
     "SCHEMA_V1",
     "SCHEMA_V2",
@@ -176,6 +185,14 @@ class Store:
         """Release the file and keep it free for ``pause`` seconds, so a reader waiting for
         the lock gets in (a long sync does this at short intervals)."""
         self._db.yield_file(pause)
+
+    @contextmanager
+    def waiting_for_readers(self, seconds: float = READER_WAIT) -> Iterator[None]:
+        """In the block, a write that finds the file held by a reader waits up to
+        ``seconds`` for it (with a log line) instead of ``lock_timeout``; a file held by a
+        sync still fails after ``lock_timeout``. A sync runs inside this."""
+        with self._db.waiting_for_readers(seconds):
+            yield
 
     @contextmanager
     def capped(self, **settings: str) -> Iterator[None]:

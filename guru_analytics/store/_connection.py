@@ -10,11 +10,13 @@ holder's PID. Every connection runs with ``TimeZone='UTC'`` so values come back 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,7 @@ import duckdb
 import pandas as pd
 
 from ..errors import CacheError, CacheLockedError, CacheSchemaError, ConfigError
+from ..interrupts import is_interrupt
 
 if TYPE_CHECKING:
     from ._schema import Migration
@@ -33,6 +36,20 @@ _LOCK_RE = re.compile(r"Could not set lock", re.IGNORECASE)
 _PID_RE = re.compile(r"PID (\d+)")
 _OTHER_CONFIG_RE = re.compile(r"different configuration", re.IGNORECASE)
 _NOT_DUCKDB_RE = re.compile(r"not a valid DuckDB database file", re.IGNORECASE)
+# DuckDB's I/O errors for a file cut short or with bad blocks (not a full disk or a lock).
+_DAMAGED_RE = re.compile(
+    r"could not read enough bytes|corrupt|checksum|truncated|invalid database|bad block",
+    re.IGNORECASE,
+)
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+# Every connection of the package: a cache file must never make DuckDB download or load an
+# extension (a SQLite file would fetch sqlite_scanner). A SET after connecting is too late:
+# the file is read, and extensions autoloaded, while connecting.
+NO_EXTENSIONS = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+_log = logging.getLogger("guru_analytics.store")
+# How long a sync waits for a reader (a report, a notebook) to give the file back: long, since
+# a reader finishes on its own and a sync has nothing better to do, but bounded.
+READER_WAIT = 600.0
 # The longest pause between two tries at a held lock. A writer that yields the file holds it
 # free for longer than this (see ``Database.yield_file``), so a waiting reader gets in.
 MAX_LOCK_BACKOFF = 0.05
@@ -53,7 +70,23 @@ def default_cache_path() -> Path:
 
 
 def _duckdb_connect(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
-    return duckdb.connect(path, read_only=read_only)
+    return duckdb.connect(path, read_only=read_only, config=dict(NO_EXTENSIONS))
+
+
+def damaged_error(path: str, exc: BaseException) -> CacheError | None:
+    """DuckDB's I/O error on the cache file as one line, or None if ``exc`` is not one."""
+    if not isinstance(exc, duckdb.IOException) or _LOCK_RE.search(str(exc)):
+        return None
+    detail = one_line(exc)[:200]
+    if _DAMAGED_RE.search(detail):
+        return CacheError(
+            f"cache {path} is truncated or damaged ({detail}): restore it or delete it and "
+            "sync again"
+        )
+    return CacheError(
+        f"cache {path} cannot be read or written ({detail}): if the disk is full, free space; "
+        "if the file is damaged, restore it or delete it and sync again"
+    )
 
 
 def one_line(exc: BaseException) -> str:
@@ -105,6 +138,7 @@ class Database:
         self._conn: duckdb.DuckDBPyConnection | None = None
         self._readers: dict[int, int] = {}  # thread id -> open read-only reader() blocks
         self._settings: dict[str, str] = {}  # applied to every read-write connection (capped())
+        self._reader_wait = 0.0  # how long a write waits for a reader (waiting_for_readers())
         self.closed = False
         raw = default_cache_path() if path is None else path
         if not isinstance(raw, str | os.PathLike):
@@ -159,9 +193,15 @@ class Database:
         """Check (read-only, so a running sync elsewhere is not disturbed) and upgrade if needed."""
         path = Path(self.path)
         if path.exists() and path.stat().st_size > 0:
+            self._refuse_sqlite(path)
             conn = self._open(read_only=True)
             try:
                 version = self._read_version(conn, self.path)
+            except duckdb.Error as exc:
+                ours = damaged_error(self.path, exc)
+                if ours is None:
+                    raise
+                raise ours from exc
             finally:
                 conn.close()
             if version == self.target:
@@ -171,9 +211,24 @@ class Database:
             self.write_conn()  # creates or upgrades the file
             self.release()
 
+    def _refuse_sqlite(self, path: Path) -> None:
+        """Name a SQLite file for what it is (DuckDB calls it a newer storage version)."""
+        try:
+            with path.open("rb") as fh:
+                head = fh.read(len(_SQLITE_MAGIC))
+        except OSError:
+            return  # DuckDB's own open says what is wrong with the file
+        if head == _SQLITE_MAGIC:
+            raise CacheSchemaError(
+                f"{self.path} is a SQLite database, not a guru-analytics cache: pass another --db"
+            )
+
     def _open(self, *, read_only: bool) -> duckdb.DuckDBPyConnection:
-        """Open a connection, retrying a held lock with backoff until ``lock_timeout``."""
-        deadline = self._monotonic() + self._lock_timeout
+        """Open a connection, retrying a held lock with backoff until ``lock_timeout`` (for a
+        write inside ``waiting_for_readers``, held by a reader: until that wait)."""
+        started = self._monotonic()
+        deadline = started + self._lock_timeout
+        extended = False
         delay = 0.02
         while True:
             try:
@@ -192,8 +247,18 @@ class Database:
                 if not (_LOCK_RE.search(message) or _OTHER_CONFIG_RE.search(message)):
                     raise self._open_error(exc) from exc
                 remaining = deadline - self._monotonic()
+                if remaining <= 0 and not (read_only or extended) and self._reader_wait:
+                    extended = True
+                    holder, kind = self._holder(message)
+                    if kind == "reader":
+                        _log.warning(
+                            "cache %s is held by %s: waiting up to %g s for it to finish",
+                            self.path, holder, self._reader_wait,
+                        )  # fmt: skip
+                        deadline = started + max(self._lock_timeout, self._reader_wait)
+                        remaining = deadline - self._monotonic()
                 if remaining <= 0:
-                    raise self._locked_error(message) from exc
+                    raise self._locked_error(message, deadline - started) from exc
                 self._sleep(min(delay, remaining))
                 delay = min(delay * 2, MAX_LOCK_BACKOFF)
         try:
@@ -246,17 +311,59 @@ class Database:
             self.release()
         self._sleep(pause)
 
-    def _locked_error(self, message: str) -> CacheLockedError:
+    @contextmanager
+    def waiting_for_readers(self, seconds: float) -> Iterator[None]:
+        """In the block, a write that finds the file held by a reader (not a sync) waits up
+        to ``seconds`` for it, with a log line, instead of ``lock_timeout``: a sync outlives
+        any report, and dying at a reader would waste the requests it has spent."""
+        with self.lock:
+            before, self._reader_wait = self._reader_wait, float(seconds)
+        try:
+            yield
+        finally:
+            with self.lock:
+                self._reader_wait = before
+
+    def _holder(self, message: str) -> tuple[str, str]:
+        """Who holds the lock, from DuckDB's message and the running runs in ``sync_runs``:
+        (words for messages, kind: ``sync``, ``reader``, ``self`` or ``unknown``)."""
         found = _PID_RE.search(message)
-        if found:
-            holder = f"PID {found.group(1)}"
-        elif _OTHER_CONFIG_RE.search(message):
-            holder = f"another connection of this process (PID {os.getpid()})"
-        else:
-            holder = "another process"
+        if found is None:
+            if _OTHER_CONFIG_RE.search(message):
+                return f"another connection of this process (PID {os.getpid()})", "self"
+            return "another process", "unknown"
+        pid = int(found.group(1))
+        syncs = self._running_sync_pids()
+        if syncs is None:  # a writer holds the file: its sync_runs cannot be read now
+            return f"PID {pid} (a sync or another program writing it)", "unknown"
+        if pid in syncs:
+            return f"a sync (PID {pid})", "sync"
+        return f"PID {pid} (a reader or another program)", "reader"
+
+    def _running_sync_pids(self) -> set[int] | None:
+        """PIDs of this host's running syncs, read read-only; None if the file cannot be
+        read (a writer holds it)."""
+        try:
+            conn = self._connect(self.path, True)
+        except duckdb.Error:
+            return None
+        try:
+            rows = conn.execute(
+                "SELECT pid FROM sync_runs WHERE outcome = 'running' AND host = ?",
+                [socket.gethostname()],
+            ).fetchall()
+        except duckdb.Error:
+            return set()  # no run ledger yet: no sync ever ran here
+        finally:
+            conn.close()
+        return {int(r[0]) for r in rows if r[0] is not None}
+
+    def _locked_error(self, message: str, waited: float) -> CacheLockedError:
+        holder, kind = self._holder(message)
+        what = "that sync" if kind == "sync" else "it"
         return CacheLockedError(
-            f"cache {self.path} is held by {holder} (waited {self._lock_timeout:g} s); "
-            "wait for that sync to finish or pass a different --db"
+            f"cache {self.path} is held by {holder} (waited {waited:g} s); "
+            f"wait for {what} to finish or pass a different --db"
         )
 
     def _open_error(self, exc: duckdb.Error) -> CacheError:
@@ -271,6 +378,9 @@ class Database:
                 f"cache {self.path} was written by an incompatible DuckDB ({message}): "
                 "install a matching duckdb or pass a different --db"
             )
+        damaged = damaged_error(self.path, exc)
+        if damaged is not None and _DAMAGED_RE.search(message):
+            return damaged
         return CacheError(
             f"cannot open cache {self.path} ({message}): "
             "check that the path is a writable file or pass a different --db"
@@ -293,9 +403,12 @@ class Database:
                 conn = self._open(read_only=False)
                 try:
                     self._upgrade(conn)
-                except BaseException:
+                except BaseException as exc:
                     conn.close()
-                    raise
+                    ours = damaged_error(self.path, exc)
+                    if ours is None:
+                        raise
+                    raise ours from exc
                 self._conn = conn
             return self._conn
 
@@ -304,14 +417,31 @@ class Database:
     ) -> None:
         try:
             conn.execute("ROLLBACK")
-        except duckdb.Error as rollback_exc:
+        except BaseException as rollback_exc:
+            if not isinstance(rollback_exc, duckdb.Error) or is_interrupt(rollback_exc):
+                # a second Ctrl-C inside the ROLLBACK: the transaction may still be open, and
+                # the next BEGIN would fail; closing the connection rolls it back
+                self._drop(conn)
+                raise
             exc.add_note(
                 f"rollback also failed ({one_line(rollback_exc)}); the connection was closed "
                 "and the cache file keeps its last committed state"
             )
-            if discard and not self.memory and conn is self._conn:
-                self._conn = None
-                conn.close()
+            if discard:
+                self._drop(conn)
+
+    def _drop(self, conn: duckdb.DuckDBPyConnection) -> None:
+        """Close the read-write connection after a failed rollback or an interrupted COMMIT:
+        closing discards what it has not committed. ``:memory:`` cannot be closed (its data
+        would go): a last ROLLBACK is tried there instead."""
+        if conn is not self._conn:
+            return  # not ours yet (a migration while opening): the opener closes it
+        if self.memory:
+            with suppress(duckdb.Error):  # an error here: no transaction was left open
+                conn.execute("ROLLBACK")
+            return
+        self._conn = None
+        conn.close()
 
     @contextmanager
     def transaction(
@@ -333,7 +463,9 @@ class Database:
                             names.append(name)
                     conn.execute("BEGIN TRANSACTION")
                 except duckdb.Error as exc:
-                    raise CacheError(
+                    if is_interrupt(exc):
+                        raise
+                    raise damaged_error(self.path, exc) or CacheError(
                         f"{what} could not start ({one_line(exc)}): finish any transaction "
                         "you opened on store.connection() and retry"
                     ) from exc
@@ -341,17 +473,20 @@ class Database:
                     yield conn
                 except BaseException as exc:
                     self.rollback(conn, exc)
-                    if isinstance(exc, duckdb.Error):
-                        raise CacheError(
+                    if isinstance(exc, duckdb.Error) and not is_interrupt(exc):
+                        raise damaged_error(self.path, exc) or CacheError(
                             f"{what} failed and was rolled back, nothing of it was stored "
                             f"({one_line(exc)}): fix the input or report this bug"
                         ) from exc
                     raise
                 try:
                     conn.execute("COMMIT")
-                except duckdb.Error as exc:
+                except BaseException as exc:
+                    if not isinstance(exc, duckdb.Error) or is_interrupt(exc):
+                        self._drop(conn)  # committed or not, nothing is left half-open
+                        raise
                     self.rollback(conn, exc)
-                    raise CacheError(
+                    raise damaged_error(self.path, exc) or CacheError(
                         f"{what} could not be committed and was rolled back "
                         f"({one_line(exc)}): check free disk space and retry"
                     ) from exc
@@ -429,6 +564,11 @@ class Database:
                     raise
         try:
             yield conn
+        except duckdb.IOException as exc:
+            ours = damaged_error(self.path, exc)
+            if ours is None:
+                raise
+            raise ours from exc
         finally:
             conn.close()
             if own:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 import duckdb
 
 from ..errors import CacheSchemaError, ConfigError
+from ..interrupts import is_interrupt
 from ._connection import first_row, one_line
 
 SCHEMA_VERSION = 4
@@ -351,7 +352,7 @@ def upgrade(
             conn.execute("COMMIT")
         except BaseException as exc:
             rollback(conn, exc)
-            if isinstance(exc, duckdb.Error):
+            if isinstance(exc, duckdb.Error) and not is_interrupt(exc):
                 raise CacheSchemaError(
                     f"upgrading cache {path} to schema version {version} failed and "
                     f"was rolled back to version {current} ({one_line(exc)}): report this "
