@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from .checks import whole_number_arg
 from .errors import (
@@ -336,38 +337,57 @@ def _add_sync(sub: argparse._SubParsersAction, name: str) -> None:
         "--db", default=None, help="cache file (default $GURU_ANALYTICS_DB or the user cache dir)"
     )
     p.add_argument(
-        "--base-url", default=None, help="API base URL (default $GURUBASE_BASE_URL or api.gurubase.io)"
+        "--base-url",
+        default=None,
+        help="API base URL (default $GURUBASE_BASE_URL or api.gurubase.io)",
     )
     p.add_argument(
         "--api-key", default=None, help="API key (default $GURUBASE_API_KEY; prefer the variable)"
     )
     p.add_argument(
-        "--user", dest="users", action="append", default=None, metavar="ID",
+        "--user",
+        dest="users",
+        action="append",
+        default=None,
+        metavar="ID",
         help="sync this external user's sessions (with attribution); repeat for several",
     )
     p.add_argument(
-        "--users-file", default=None, metavar="FILE",
+        "--users-file",
+        default=None,
+        metavar="FILE",
         help="file of external user ids, one per line (# comments and blank lines ignored)",
     )
-    p.add_argument("--search", default=None, metavar="Q", help="only sessions whose first question matches Q")
     p.add_argument(
-        "--full", action="store_true",
+        "--search", default=None, metavar="Q", help="only sessions whose first question matches Q"
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
         help="re-read every page (finds deleted sessions; costs one request per 30 sessions)",
     )
     p.add_argument(
-        "--messages", action="store_true",
+        "--messages",
+        action="store_true",
         help="also fetch the messages of new/changed sessions (one request per session)",
     )
     p.add_argument(
-        "--questions", action="store_true",
+        "--questions",
+        action="store_true",
         help="also store every question since the last export (Export Analytics: one request)",
     )
     p.add_argument(
-        "--max-requests", type=_whole_non_negative, default=None, metavar="N",
+        "--max-requests",
+        type=_whole_non_negative,
+        default=None,
+        metavar="N",
         help="at most N requests for --messages (the rest waits for the next run)",
     )
     p.add_argument(
-        "--rate-limit", type=_rate, default=10, metavar="N|none",
+        "--rate-limit",
+        type=_rate,
+        default=10,
+        metavar="N|none",
         help="requests per minute to stay under, or 'none' (default 10, the API's limit)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -508,12 +528,10 @@ def _add_plot(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="output .png or .svg")
 
 
-def _frame_kwargs(
-    args: argparse.Namespace, accepted: frozenset[str], what: str
-) -> dict[str, object]:
+def _frame_kwargs(args: argparse.Namespace, accepted: frozenset[str], what: str) -> dict[str, Any]:
     """The options the user set, as frame keywords; an option the catalogue does not list
     for this report/chart is an error rather than silently ignored."""
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, Any] = {}
     for dest, key in _FRAME_OPTIONS.items():
         value = getattr(args, dest, None)
         if value is None:
@@ -614,7 +632,9 @@ def _add_demo(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--rate-limit", type=_rate, default=DEFAULT_RATE_LIMIT,
                    help="requests per minute for both the client and the local server, or 'none' "
                    f"(default {DEFAULT_RATE_LIMIT})")  # fmt: skip
-    p.add_argument("--tz", default="UTC", help="IANA time zone of buckets and timestamps (default UTC)")
+    p.add_argument(
+        "--tz", default="UTC", help="IANA time zone of buckets and timestamps (default UTC)"
+    )
     p.add_argument("--no-messages", action="store_true",
                    help="skip Get Session (no messages, binge length or sources outputs)")  # fmt: skip
     p.add_argument("--no-questions", action="store_true",
@@ -622,7 +642,9 @@ def _add_demo(sub: argparse._SubParsersAction, name: str) -> None:
     bar = p.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None,
                      help="always show the progress bar (default: when stderr is a terminal)")  # fmt: skip
-    bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show the progress bar")
+    bar.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="never show the progress bar"
+    )
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -681,8 +703,6 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 COMMANDS["dashboard"] = (_add_dashboard, _cmd_dashboard)
-
-
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -121,3 +121,14 @@ def series_to_micros(s: pd.Series) -> np.ndarray:
         raise ConfigError("timestamp columns must be tz-aware UTC")
     naive = s.dt.tz_convert("UTC").dt.tz_localize(None).dt.as_unit("us")
     return naive.to_numpy(dtype="datetime64[us]").view(np.int64).astype(np.int64)
+
+
+def instant(value: Any) -> pd.Timestamp:
+    """``pd.Timestamp(value)`` for a value known to be a time: NaT (missing) raises here, so
+    callers get a ``Timestamp`` (typed as such) and never compute with NaT by accident."""
+    import pandas as pd
+
+    ts = pd.Timestamp(value)
+    if not isinstance(ts, pd.Timestamp):
+        raise ConfigError(f"expected a time, got a missing value ({value!r})")
+    return ts

@@ -10,7 +10,7 @@ the catalogue documents. The frames themselves live in ``activity``, ``people`` 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -24,7 +24,7 @@ from .. import catalog
 from ..checks import guru_slug
 from ..errors import CacheSchemaError, ConfigError, NoDataError
 from ..store import UNATTRIBUTED
-from ..timestamps import CLOCK_SKEW, EARLIEST_PLAUSIBLE, check_tz, utc_now
+from ..timestamps import CLOCK_SKEW, EARLIEST_PLAUSIBLE, check_tz, instant, utc_now
 
 BASIS_OBSERVATIONS = "observations"
 BASIS_MESSAGES = "observations+messages"
@@ -129,7 +129,7 @@ def to_instant(value: TimeLike, tz: str, name: str = "time") -> pd.Timestamp | N
         raise ConfigError(
             f"{name} {value!r} is not a date or time: use ISO 8601 such as 2025-03-30 or 2025-03-30T12:00+02:00"
         ) from exc
-    if ts is pd.NaT:
+    if not isinstance(ts, pd.Timestamp):  # NaT
         raise ConfigError(f"{name} is empty: give an ISO 8601 date or time")
     if ts.tzinfo is None:
         try:
@@ -161,9 +161,9 @@ def parse_now(
         word = value.strip().lower()
         if word == "latest":
             newest = latest() if latest is not None else None
-            return None if newest is None else newest + pd.Timedelta(microseconds=1)
-        instant = pd.Timestamp(clock()).tz_convert("UTC")
-        return instant if word == "now" else complete_until(instant, "D", tz)
+            return None if newest is None else instant(newest + pd.Timedelta(microseconds=1))
+        now_utc = instant(clock()).tz_convert("UTC")
+        return now_utc if word == "now" else complete_until(now_utc, "D", tz)
     return to_instant(value, tz, "now")
 
 
@@ -172,7 +172,7 @@ def bucket_end(start: pd.Timestamp, freq: str) -> pd.Timestamp:
     next local calendar start (a Berlin DST day is 23 or 25 hours)."""
     code = normalize_freq(freq)
     if code == "H":
-        return start + pd.Timedelta(hours=1)
+        return instant(start + pd.Timedelta(hours=1))
     return start + _STEP[code]
 
 
@@ -190,10 +190,12 @@ def complete_until(
         since = pd.Timedelta(
             minutes=local.minute, seconds=local.second, microseconds=local.microsecond
         )
-        return (local - since).tz_convert("UTC")
+        return instant(local - since).tz_convert("UTC")
     day = local.tz_localize(None).normalize()
     if code == "W":
-        day -= pd.Timedelta(days=(day.isoweekday() - normalize_week_start(week_start)) % 7)
+        day = instant(
+            day - pd.Timedelta(days=(day.isoweekday() - normalize_week_start(week_start)) % 7)
+        )
     elif code == "M":
         day = day.replace(day=1)
     elif code == "Q":
@@ -297,11 +299,11 @@ class _Query:
 
         An open end is bounded by what can be in the cache (``plausible``), so this is an
         upper bound on the buckets the frame builds."""
-        lo = self.start if self.start is not None else pd.Timestamp(EARLIEST_PLAUSIBLE)
-        hi = self.end if self.end is not None else pd.Timestamp(utc_now() + CLOCK_SKEW)
+        lo = self.start if self.start is not None else instant(EARLIEST_PLAUSIBLE)
+        hi = self.end if self.end is not None else instant(utc_now() + CLOCK_SKEW)
         if hi <= lo:
             return
-        n = int((hi - lo) / _MIN_BUCKET[self.freq]) + 1
+        n = (hi.value - lo.value) // _MIN_BUCKET[self.freq].value + 1  # in nanoseconds
         if n > MAX_BUCKETS:
             raise ConfigError(
                 f"{lo.date()} to {hi.date()} in {FREQ_NAMES[self.freq]}s is about {n:,} "
@@ -459,7 +461,7 @@ def _newest_event(con: duckdb.DuckDBPyConnection, q: _Query) -> pd.Timestamp | N
     value = frame["newest"].iloc[0] if len(frame) else None
     if value is not None and pd.isna(value):
         value = None
-    return None if value is None else pd.Timestamp(value).tz_convert("UTC")
+    return None if value is None else instant(value).tz_convert("UTC")
 
 
 def _last_sync_end(con: duckdb.DuckDBPyConnection, gurus: list[str]) -> pd.Timestamp | None:
@@ -477,7 +479,7 @@ def _last_sync_end(con: duckdb.DuckDBPyConnection, gurus: list[str]) -> pd.Times
         return None
     if row is None or row[0] is None or row[1] < len(gurus):
         return None
-    return pd.Timestamp(row[0]).tz_convert("UTC")
+    return instant(row[0]).tz_convert("UTC")
 
 
 def _horizon(con: duckdb.DuckDBPyConnection, q: _Query, now: TimeLike) -> pd.Timestamp | None:
@@ -488,7 +490,7 @@ def _horizon(con: duckdb.DuckDBPyConnection, q: _Query, now: TimeLike) -> pd.Tim
     if now is not None:
         return parse_now(now, q.tz, lambda: _newest_event(con, q))
     newest = _newest_event(con, q)
-    after = None if newest is None else newest + pd.Timedelta(microseconds=1)
+    after = None if newest is None else instant(newest + pd.Timedelta(microseconds=1))
     ended = _last_sync_end(con, q.gurus)
     if ended is None or (after is not None and after > ended):
         return after
@@ -646,7 +648,7 @@ def _py(value: Any) -> Any:
     return value.to_pydatetime() if isinstance(value, pd.Timestamp) else value
 
 
-def _finish(df: pd.DataFrame, report: str, tz: str, attrs: dict[str, Any]) -> pd.DataFrame:
+def _finish(df: pd.DataFrame, report: str, tz: str, attrs: Mapping[str, Any]) -> pd.DataFrame:
     """Cast every column to its documented dtype (timestamps into ``tz``) in documented order."""
     spec = [c for c in catalog.REPORTS[report].columns if c.name in df.columns]
     out = pd.DataFrame(index=pd.RangeIndex(len(df)))
@@ -665,7 +667,7 @@ def _finish(df: pd.DataFrame, report: str, tz: str, attrs: dict[str, Any]) -> pd
         else:
             s = s.astype("str")
         out[col.name] = s
-    out.attrs = attrs
+    out.attrs.update(attrs.items())
     return out
 
 

@@ -112,8 +112,8 @@ def question_frame(export: QuestionExport) -> pd.DataFrame:
 
     for i, row in enumerate(export.questions):
         add("answered", row, i, True)
-    for i, row in enumerate(export.unanswered):
-        add("unanswered", row, i, False)
+    for i, missed in enumerate(export.unanswered):
+        add("unanswered", missed, i, False)
     return pd.DataFrame(
         {
             "row_key": pd.Series(cols["row_key"], dtype="uint64"),
