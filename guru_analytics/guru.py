@@ -3,7 +3,7 @@
 It holds a guru slug, where the key comes from, the cache path and the known external user
 ids, and delegates: ``sync`` to ``sync.sync`` (the only call that talks to the API), the
 frame methods to ``frames``, ``plot_*`` to ``plots``, ``export`` to ``reports`` and
-``dashboard`` to ``widgets``. Reads open the cache read-only for the length of one call, so
+``dashboard`` to ``dashboard.Dashboard``. Reads open the cache read-only for the length of one call, so
 a sync running in another process is blocked for at most that long.
 
 The key is kept private and shown at most masked (``errors.mask_key``).
@@ -35,10 +35,10 @@ if TYPE_CHECKING:
     import requests
     from matplotlib.axes import Axes
 
+    from .dashboard import Dashboard
     from .progress import ProgressCallback
     from .server import LocalGurubase
     from .sync import SyncSummary
-    from .widgets import Dashboard
 
 _TZ_DEFAULTED = tuple(name for name, r in catalog.REPORTS.items() if r.takes("tz"))
 """Reports that get ``Guru.tz`` when no ``tz`` is passed (from the catalogue)."""
@@ -507,8 +507,8 @@ class Guru:
             return reports.export(con, report, path, self.slug, **params)
 
     def dashboard(self, **options: Any) -> Dashboard:
-        """The interactive dashboard (an ipywidgets widget; see ``widgets.Dashboard``)."""
-        from .widgets import Dashboard
+        """The interactive dashboard (an ipywidgets widget; see ``dashboard.Dashboard``)."""
+        from .dashboard import Dashboard
 
         return Dashboard(self, **options)
 
