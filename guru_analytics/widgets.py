@@ -5,8 +5,8 @@ One responsibility: controls -> frozen ``DashboardParams`` -> ``render``/tables.
 ``DashboardParams``; ``render(con, guru, params)`` turns a cache connection and parameters
 into tables and matplotlib ``Figure`` objects and touches no widget, so tests drive the
 dashboard through the real widgets and assert on real artists and tables. The ``Dashboard``
-widget that wires them together is ``dashboard`` (re-exported here, lazily: that module
-imports this one, never the other way at import time).
+widget that wires them together is ``dashboard.Dashboard``: that module imports this one,
+never the other way.
 
 Figures are made with the object-oriented API (``matplotlib.figure.Figure``), never pyplot,
 so the inline backend does not show them a second time and nothing keeps them alive after
@@ -673,17 +673,3 @@ def csv_download_html(table: pd.DataFrame, filename: str) -> str:
         f'href="data:text/csv;charset=utf-8;base64,{data}">⤓ {name}</a>'
         f' <span style="color:#57606a">({len(table):,} rows)</span>'
     )
-
-
-_MOVED = frozenset({"Dashboard", "DashboardSource", "SyncProgressView", "describe_progress"})
-
-
-def __getattr__(name: str) -> Any:
-    """``Dashboard``, ``SyncProgressView``, ... live in ``dashboard`` (which imports this
-    module): re-exported lazily so ``from guru_analytics.widgets import Dashboard`` keeps
-    working without an import cycle."""
-    if name in _MOVED:
-        from . import dashboard
-
-        return getattr(dashboard, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
