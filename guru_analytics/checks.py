@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import numbers
 from collections.abc import Callable
-from typing import Any
-
-import numpy as np
+from typing import Any, Literal, overload
 
 from .errors import ConfigError
 
 
-def whole_number(value: Any, name: str, *, minimum: int = 0, none_ok: bool = False) -> Any:
+@overload
+def whole_number(
+    value: object, name: str, *, minimum: int = 0, none_ok: Literal[False] = False
+) -> int: ...
+@overload
+def whole_number(value: object, name: str, *, minimum: int = 0, none_ok: bool) -> int | None: ...
+def whole_number(
+    value: object, name: str, *, minimum: int = 0, none_ok: bool = False
+) -> int | None:
     """``value`` as an int if it is a whole number >= ``minimum`` (``None`` passes with
-    ``none_ok``); else ConfigError. Booleans are not numbers here."""
+    ``none_ok``); else ConfigError. Booleans are not numbers here; numpy integers are
+    (``numbers.Integral``, so the CLI, which checks its arguments here, never loads numpy)."""
     if value is None and none_ok:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         extra = " or None" if none_ok else ""
         raise ConfigError(f"{name} must be a whole number >= {minimum}{extra}, got {value!r}")
     return int(value)

@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 import matplotlib.dates as mdates
 import numpy as np
 import pandas as pd
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -84,7 +85,7 @@ def _freq(df: pd.DataFrame, column: str = "bucket") -> str:
     return "Y"
 
 
-def _num(ts: pd.Series | pd.DatetimeIndex) -> np.ndarray:
+def _num(ts: pd.Series | pd.Index) -> np.ndarray:
     """Matplotlib date numbers (days since the epoch, UTC) for tz-aware instants."""
     idx = pd.DatetimeIndex(ts).tz_convert("UTC").tz_localize(None)
     return np.asarray(mdates.date2num(idx.to_numpy()))
@@ -140,7 +141,7 @@ def _bars_or_lines(
         raise ConfigError(f"unknown kind {kind!r}: use 'bar' or 'line'")
 
 
-def _legend(ax: Axes, extra: Sequence[Any] = ()) -> None:
+def _legend(ax: Axes, extra: Sequence[Artist] = ()) -> None:
     """Legend outside the plot area, on the right, so it never hides a bar; ``extra``
     handles (the partial-bucket key) come after the series."""
     handles, labels = ax.get_legend_handles_labels()
@@ -159,7 +160,7 @@ def _partial_buckets(df: pd.DataFrame, column: str = "bucket") -> set[pd.Timesta
     return set(pd.DatetimeIndex(df.loc[~df["complete"].astype(bool), column]))
 
 
-def _partial_key(df: pd.DataFrame, kind: str = "bar") -> Any:
+def _partial_key(df: pd.DataFrame, kind: str = "bar") -> Artist:
     """The legend handle explaining the partial marking (data until the horizon)."""
     until = df.attrs.get("horizon")
     note = f" (data until {pd.Timestamp(until):%Y-%m-%d %H:%M})" if until else ""
@@ -175,7 +176,7 @@ def _mark_partial_bars(
     """Hatch and lighten every bar whose bucket is partial (the bars stay where they are)."""
     lefts = {round(float(x), 9) for x, b in zip(left, starts, strict=True) if b in partial}
     for patch in ax.patches:
-        if round(float(patch.get_x()), 9) in lefts:
+        if isinstance(patch, Rectangle) and round(float(patch.get_x()), 9) in lefts:
             patch.set_hatch(PARTIAL_HATCH)
             patch.set_alpha(PARTIAL_ALPHA)
             patch.set_edgecolor("gray")
@@ -379,7 +380,13 @@ def plot_retention(
             text = f"{data[i, j]:.0%}" if value == "rate" else f"{int(data[i, j])}"
             dark = value == "rate" and data[i, j] > 0.6
             ax.text(
-                j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black"
+                int(j),
+                int(i),
+                text,
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if dark else "black",
             )
     for i, j in zip(*np.nonzero(partial), strict=True):  # partial: hatched, users so far
         ax.add_artist(
@@ -442,7 +449,7 @@ def plot_binge_length(
     ax = _axes(ax, (8.0, 4.0))
     if bins is None:
         top = int(counts.max())
-        bins = np.arange(0.5, top + 1.5) if top <= 60 else 40
+        bins = np.arange(0.5, top + 1.5).tolist() if top <= 60 else 40
     ax.hist(counts, bins=bins, color="tab:purple", edgecolor="white")
     ax.set_xlabel("Messages per session")
     _count_axis(ax)
@@ -515,9 +522,7 @@ def plot_question_trust(
     return ax
 
 
-def plot_unanswered(
-    df: pd.DataFrame, *, ax: Axes | None = None, title: str | None = None
-) -> Axes:
+def plot_unanswered(df: pd.DataFrame, *, ax: Axes | None = None, title: str | None = None) -> Axes:
     """Answered and unanswered questions per bucket (stacked bars), from ``frames.unanswered``."""
     _need(df, ["bucket", "questions", "unanswered"], "unanswered")
     ax = _axes(ax)

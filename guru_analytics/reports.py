@@ -141,20 +141,18 @@ class atomic_write:
         self.tmp = Path(name)
         return self.tmp
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         assert self.tmp is not None
         try:
             if exc_type is None:
                 os.replace(self.tmp, self.path)
-                return False
+                return
             if self.tmp.exists():
                 self.tmp.unlink()
         except OSError as err:
             raise OutputError.writing(self.path, err) from err
         if isinstance(exc, OSError) and not isinstance(exc, OutputError):
             raise OutputError.writing(self.path, exc) from exc  # e.g. the disk filled up
-        return False
-
 
 
 def file_format(path: str | os.PathLike[str]) -> str:

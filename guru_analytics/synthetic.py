@@ -148,9 +148,9 @@ def generate(
         attributed[:] = False
     user_w = 1.0 / np.arange(1, max(n_users, 1) + 1) ** 1.1
     user_pick = rng.choice(max(n_users, 1), size=n, p=user_w / user_w.sum())
-    ext = np.where(
-        attributed, users[np.minimum(user_pick, max(n_users - 1, 0))] if n_users else None, None
-    )
+    ext = np.full(n, None, dtype=object)
+    if n_users:
+        ext[attributed] = users[np.minimum(user_pick, n_users - 1)][attributed]
 
     sources = np.empty(n, dtype=object)
     src_user = np.array(["API", "SLACK", "DISCORD", "GITHUB", "WIDGET QUESTION"], dtype=object)
@@ -554,7 +554,9 @@ def _message_fields(
     root = k == 0
     hexes = np.array([f"{int(h) & 0xFFFFFFFF:08x}" for h in slug_hash], dtype=object)
     alt = np.array(SOURCES, dtype=object)[(u_source * 100).astype(np.int64) % len(SOURCES)]
-    vote = np.where(u_vote < 0.15, "upvote", np.where(u_vote < 0.2, "downvote", None))
+    vote = np.full(u_vote.shape, None, dtype=object)
+    vote[u_vote < 0.2] = "downvote"
+    vote[u_vote < 0.15] = "upvote"
     return {
         "question": np.where(root, title, follow_q[follow]),
         "user_question": np.where(root, hidden, follow_w[follow]),
@@ -562,15 +564,16 @@ def _message_fields(
         "root_slug": root_slug,
         "source": np.where(u_source < 0.9, session_source, alt),
         "trust_score": np.clip(np.round(100 * u_trust**0.35).astype(np.int64), 0, 100),
-        "user_vote": vote.astype(object),
+        "user_vote": vote,
         "n_references": (u_refs * 4).astype(np.int64),
     }
 
 
 def _fill_text(s: pd.Series, default: str | None) -> np.ndarray:
     """A text column as an object array, missing values replaced by ``default``."""
-    arr = s.to_numpy(dtype=object)
-    return np.where(pd.isna(arr), default, arr).astype(object)
+    arr = s.to_numpy(dtype=object, copy=True)
+    arr[pd.isna(arr)] = default
+    return arr
 
 
 def _message_times(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ConfigError
@@ -69,7 +69,9 @@ def running_from(start: datetime) -> Callable[[], datetime]:
 def check_tz(tz: str) -> str:
     """Return ``tz`` if it is a known IANA zone name, else raise ``ConfigError``."""
     if not isinstance(tz, str) or not tz:
-        raise ConfigError(f"time zone {tz!r} is not valid: use an IANA name such as 'Europe/Berlin' or 'UTC'")
+        raise ConfigError(
+            f"time zone {tz!r} is not valid: use an IANA name such as 'Europe/Berlin' or 'UTC'"
+        )
     try:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -82,13 +84,13 @@ def check_tz(tz: str) -> str:
 # --- microseconds since the epoch: the one conversion the server and synthetic data share ---
 
 
-def to_micros(ts: datetime | Any) -> int:
-    """Microseconds since the epoch of a tz-aware instant (``datetime`` or ``pandas.Timestamp``),
-    exact (no float rounding). Naive times raise ``ConfigError``."""
+def to_micros(ts: datetime) -> int:
+    """Microseconds since the epoch of a tz-aware instant (``datetime`` or ``pandas.Timestamp``,
+    a ``datetime`` subclass), exact (no float rounding). Naive times raise ``ConfigError``."""
     if ts.tzinfo is None:
         raise ConfigError("timestamps must be tz-aware UTC: pass datetime(..., tzinfo=UTC)")
-    if hasattr(ts, "as_unit"):  # a pandas.Timestamp: may carry nanoseconds
-        return int(ts.tz_convert("UTC").as_unit("us").value)
+    if hasattr(ts, "as_unit"):  # a pandas.Timestamp (not imported here): may carry nanoseconds
+        return int(cast("pd.Timestamp", ts).tz_convert("UTC").as_unit("us").value)
     delta = ts.astimezone(UTC) - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * _US_PER_S + delta.microseconds
 

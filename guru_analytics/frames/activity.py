@@ -262,16 +262,16 @@ _PERIOD_RE = re.compile(r"^\s*(\d+)\s*(h|hours?|d|days?|w|weeks?)\s*$", re.IGNOR
 
 def parse_period(period: str | timedelta | pd.Timedelta) -> pd.Timedelta:
     """``"7d"``, ``"24h"``, ``"4w"`` (or a timedelta) → a positive Timedelta."""
-    if isinstance(period, timedelta | pd.Timedelta):
-        td = pd.Timedelta(period)
+    if isinstance(period, timedelta):  # pd.Timedelta is a timedelta
+        td = pd.to_timedelta(period)
     else:
         m = _PERIOD_RE.match(period) if isinstance(period, str) else None
         if m is None:
             raise ConfigError(
                 f"unknown period {period!r}: use a count and unit such as 24h, 7d or 4w"
             )
-        unit = m.group(2)[0].lower()
-        td = pd.Timedelta(**{{"h": "hours", "d": "days", "w": "weeks"}[unit]: int(m.group(1))})
+        unit = {"h": "hours", "d": "days", "w": "weeks"}[m.group(2)[0].lower()]
+        td = pd.to_timedelta(timedelta(**{unit: int(m.group(1))}))
     if td <= pd.Timedelta(0):
         raise ConfigError(f"period {period!r} must be longer than zero")
     return td

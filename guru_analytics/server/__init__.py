@@ -249,6 +249,7 @@ class LocalGurubase:
         if isinstance(sessions_df, synthetic.SyntheticGuru):  # a slug plus a generated guru
             seed = sessions_df.seed if seed is None else seed
             sessions_df = sessions_df.sessions
+        frame: pd.DataFrame | None
         if isinstance(guru, synthetic.SyntheticGuru):
             slug, frame = guru.slug, guru.sessions if sessions_df is None else sessions_df
             default_name, guru_seed = guru.name, guru.seed if seed is None else seed
@@ -330,7 +331,7 @@ class LocalGurubase:
         """``http://127.0.0.1:PORT/api/v1`` once started."""
         if self._httpd is None:
             raise ConfigError("the server is not started: call start() or use it in a with block")
-        host, port = self._httpd.server_address[:2]
+        host, port = self._httpd.socket.getsockname()[:2]  # the bound (IPv4) address
         return f"http://{host}:{port}/api/v1"
 
     def handle(self, request: Request) -> Response:

@@ -12,6 +12,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
@@ -36,7 +37,7 @@ def _http_date() -> str:
 class _Headers(dict[str, str]):
     """Request headers keyed by lower-case name: ``get`` is case-insensitive."""
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         return super().get(name.lower(), default)
 
 
@@ -48,7 +49,7 @@ class HTTPServer(http.server.ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], app: App, sleep: Any) -> None:
+    def __init__(self, address: tuple[str, int], app: App, sleep: Callable[[float], None]) -> None:
         super().__init__(address, _Handler)
         self.app = app
         self.sleep = sleep
@@ -72,6 +73,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server_version = "LocalGurubase/0.1"
     timeout = 120
     server: HTTPServer
+    raw_requestline: bytes  # set by the stdlib's handle_one_request before parse_request
+    request_headers: _Headers  # set by parse_request (the stdlib's ``headers`` is left unset)
 
     def setup(self) -> None:
         super().setup()
@@ -89,7 +92,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def parse_request(self) -> bool:
         """Request line, headers, keep-alive rules (a lean replacement for the stdlib's)."""
-        self.command = None
+        self.command = ""
         self.request_version = self.default_request_version
         self.close_connection = True
         line = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
@@ -126,7 +129,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Too many headers")
             return False
-        self.headers = headers  # type: ignore[assignment]
+        self.request_headers = headers
         connection = headers.get("connection", "").lower()
         self.close_connection = connection == "close" or (minor == 0 and connection != "keep-alive")
         return True
@@ -153,7 +156,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._serve("OPTIONS")
 
     def _read_body(self) -> bytes | None:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        if self.request_headers.get("Transfer-Encoding", "").lower() == "chunked":
             chunks = []
             while True:
                 size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
@@ -164,7 +167,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 chunks.append(self.rfile.read(size))
                 self.rfile.readline()
             return b"".join(chunks)
-        length = self.headers.get("Content-Length")
+        length = self.request_headers.get("Content-Length")
         if not length:
             return None
         n = int(length)
@@ -179,7 +182,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             self._write(msg_response(400, "Malformed request body"), method)
             return
-        request = Request(method, self.path, self.headers, raw, self.client_address[0])
+        request = Request(method, self.path, self.request_headers, raw, self.client_address[0])
         answer = self.server.app.handle(request)
         if answer.delay:
             self.server.sleep(answer.delay)
