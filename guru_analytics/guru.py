@@ -1,10 +1,12 @@
-"""``Guru``: the one object a notebook needs.
+"""``Guru``: the one object a notebook needs; its one responsibility is configuration and
+delegation.
 
 It holds a guru slug, where the key comes from, the cache path and the known external user
 ids, and delegates: ``sync`` to ``sync.sync`` (the only call that talks to the API), the
 frame methods to ``frames``, ``plot_*`` to ``plots``, ``export`` to ``reports`` and
-``dashboard`` to ``widgets``. Reads open the cache read-only for the length of one call, so
-a sync running in another process is blocked for at most that long.
+``dashboard`` to ``dashboard.Dashboard`` (which sees it only as a ``DashboardSource``). Reads
+open the cache read-only for the length of one call, so a sync running in another process is
+blocked for at most that long.
 
 The key is kept private and shown at most masked (``errors.mask_key``).
 """
@@ -17,7 +19,7 @@ import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -35,13 +37,23 @@ if TYPE_CHECKING:
     import requests
     from matplotlib.axes import Axes
 
+    from .dashboard import Dashboard
     from .progress import ProgressCallback
     from .server import LocalGurubase
     from .sync import SyncSummary
-    from .widgets import Dashboard
 
 _TZ_DEFAULTED = tuple(name for name, r in catalog.REPORTS.items() if r.takes("tz"))
 """Reports that get ``Guru.tz`` when no ``tz`` is passed (from the catalogue)."""
+_STATUS_FIGURES = (
+    "sessions",
+    "deleted",
+    "users",
+    "messages",
+    "pending_messages",
+    "first_event",
+    "last_event",
+    "last_run",
+)
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,11 @@ class CacheStatus:
         when = run.get("ended_at") or run.get("started_at")
         stamp = f"{when:%Y-%m-%d %H:%M} UTC" if when is not None else "?"
         return f"{stamp} ({run.get('mode')}, {run.get('outcome')})"
+
+    @classmethod
+    def of(cls, slug: str, path: str, info: Mapping[str, Any]) -> CacheStatus:
+        """The status of an existing cache from ``Store.status(slug)``'s figures."""
+        return cls(slug, path, exists=True, **{name: info[name] for name in _STATUS_FIGURES})
 
     def describe(self) -> str:
         """One line: ``2,000 sessions, 25 users, 2025-05-05 – 2025-11-01, last sync ...``."""
@@ -157,42 +174,29 @@ class Guru:
         network). ``end`` defaults to a fixed date so the same seed gives the same data on
         every run (a kept ``db`` then syncs incrementally). Without ``db`` the cache lives in
         a temporary directory removed by ``close()``. Rate limits default to off."""
-        from .server import LocalGurubase
-        from .synthetic import DEFAULT_END
-        from .timestamps import running_from
-
-        data_end = end if end is not None else DEFAULT_END
-        # The server's clock runs on from the data's end, so `sync(questions=True)` (Export
-        # Analytics, up to 12 months back from the server's now) finds the synthetic history.
-        server_options.setdefault("clock", running_from(data_end))
-        srv = LocalGurubase.demo(
+        srv, tmpdir, path = _start_local(
             n_sessions,
             n_users,
             days,
             seed=seed,
-            end=data_end,
+            end=end,
+            db=db,
             rate_limit=server_rate_limit,
             **server_options,
-        ).start()
-        tmpdir: str | None = None
+        )
         try:
-            if db is None:
-                tmpdir = tempfile.mkdtemp(prefix="guru-analytics-")
-                db = Path(tmpdir) / "cache.duckdb"
             assert srv.guru_slug is not None
             guru = cls(
                 srv.guru_slug,
                 api_key=srv.api_key,
                 base_url=srv.base_url,
-                db=db,
+                db=path,
                 rate_limit=rate_limit,
                 users=srv.users(srv.guru_slug),
                 tz=tz,
             )
         except BaseException:
-            srv.stop()
-            if tmpdir is not None:
-                shutil.rmtree(tmpdir, ignore_errors=True)
+            _stop_local(srv, tmpdir)
             raise
         guru.server = srv
         guru._cleanup = weakref.finalize(guru, _stop_local, srv, tmpdir)
@@ -238,20 +242,7 @@ class Guru:
         """Counts, data span and last sync of this guru in the cache (no API call)."""
         if self._store is None and not self.db.is_file():
             return CacheStatus(self.slug, str(self.db), exists=False)
-        info = self.store.status(self.slug)
-        return CacheStatus(
-            slug=self.slug,
-            path=str(self.db),
-            exists=True,
-            sessions=info["sessions"],
-            deleted=info["deleted"],
-            users=info["users"],
-            messages=info["messages"],
-            pending_messages=info["pending_messages"],
-            first_event=info["first_event"],
-            last_event=info["last_event"],
-            last_run=info["last_run"],
-        )
+        return CacheStatus.of(self.slug, str(self.db), self.store.status(self.slug))
 
     def user_ids(self) -> list[str]:
         """External user ids with cached sessions, most sessions first."""
@@ -500,15 +491,14 @@ class Guru:
         ``retention``, ``summary``, ``heatmap``, ...) to ``.csv`` or ``.parquet``; returns it."""
         from . import reports
 
-        takes_tz = report in catalog.REPORTS and catalog.REPORTS[report].takes("tz")
-        if takes_tz and params.get("tz") is None:
+        if report in _TZ_DEFAULTED and params.get("tz") is None:
             params["tz"] = self.tz
         with self.reader() as con:
             return reports.export(con, report, path, self.slug, **params)
 
     def dashboard(self, **options: Any) -> Dashboard:
-        """The interactive dashboard (an ipywidgets widget; see ``widgets.Dashboard``)."""
-        from .widgets import Dashboard
+        """The interactive dashboard (an ipywidgets widget; see ``dashboard.Dashboard``)."""
+        from .dashboard import Dashboard
 
         return Dashboard(self, **options)
 
@@ -538,33 +528,69 @@ class Guru:
         if self.base_url:
             rows.append(("API", self.base_url))
         rows.append(("cache", str(self.db)))
-        if status is None or not status.exists or status.last_run is None and status.sessions == 0:
-            rows.append(("cached", text))
-        else:
-            rows += [
-                (
-                    "sessions",
-                    f"{status.sessions:,}"
-                    + (f" (+{status.deleted:,} deleted)" if status.deleted else ""),
-                ),
-                ("users", f"{status.users:,}"),
-                (
-                    "messages",
-                    f"{status.messages:,}"
-                    + (
-                        f" ({status.pending_messages:,} to fetch)"
-                        if status.pending_messages
-                        else ""
-                    ),
-                ),
-                ("span", status.span),
-                ("last sync", status.last_sync),
-            ]
+        rows += _status_rows(status, text)
         body = "".join(
-            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>{html.escape(v)}</td></tr>"
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
+            f"<td style='text-align:left'>{html.escape(v)}</td></tr>"
             for k, v in rows
         )
         return f"<table>{body}</table>"
+
+
+def _status_rows(status: CacheStatus | None, text: str) -> list[tuple[str, str]]:
+    """The cache's figures as (label, value) rows of ``Guru._repr_html_``; ``text`` alone
+    when the cache is unreadable or empty."""
+    if status is None or not status.exists or status.last_run is None and status.sessions == 0:
+        return [("cached", text)]
+    deleted = f" (+{status.deleted:,} deleted)" if status.deleted else ""
+    pending = f" ({status.pending_messages:,} to fetch)" if status.pending_messages else ""
+    return [
+        ("sessions", f"{status.sessions:,}{deleted}"),
+        ("users", f"{status.users:,}"),
+        ("messages", f"{status.messages:,}{pending}"),
+        ("span", status.span),
+        ("last sync", status.last_sync),
+    ]
+
+
+def _start_local(
+    n_sessions: int,
+    n_users: int,
+    days: int,
+    *,
+    seed: int,
+    end: datetime | None,
+    db: str | os.PathLike[str] | None,
+    rate_limit: int | None,
+    **server_options: Any,
+) -> tuple[LocalGurubase, str | None, str | os.PathLike[str]]:
+    """A started ``LocalGurubase`` with synthetic data for ``Guru.local``, the temporary
+    directory made for its cache (None when ``db`` is given) and the cache path."""
+    from .server import LocalGurubase
+    from .synthetic import DEFAULT_END
+    from .timestamps import running_from
+
+    data_end = end if end is not None else DEFAULT_END
+    # The server's clock runs on from the data's end, so `sync(questions=True)` (Export
+    # Analytics, up to 12 months back from the server's now) finds the synthetic history.
+    server_options.setdefault("clock", running_from(data_end))
+    srv = LocalGurubase.demo(
+        n_sessions,
+        n_users,
+        days,
+        seed=seed,
+        end=data_end,
+        rate_limit=rate_limit,
+        **server_options,
+    ).start()
+    if db is not None:
+        return srv, None, db
+    try:
+        tmpdir = tempfile.mkdtemp(prefix="guru-analytics-")
+    except BaseException:
+        srv.stop()
+        raise
+    return srv, tmpdir, Path(tmpdir) / "cache.duckdb"
 
 
 def _stop_local(srv: LocalGurubase, tmpdir: str | None) -> None:

@@ -58,6 +58,20 @@ def format_offset(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+def parse_http_date(value: str | None) -> datetime | None:
+    """An HTTP date (``Date``, ``Retry-After``) as a tz-aware instant; None if absent or not
+    a date (a hostile header is no reason to fail a request)."""
+    from email.utils import parsedate_to_datetime
+
+    if not value or not value.strip():
+        return None
+    try:
+        when = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return when if when.tzinfo is not None else None
+
+
 def utc_now() -> datetime:
     """The default clock: now, tz-aware UTC."""
     return datetime.now(UTC)

@@ -1,7 +1,7 @@
 """``guru-analytics dashboard``: the notebook dashboard served as a web page by Voila.
 
 People who want the numbers often do not run notebooks: this gives them a link. The page is
-the same ``widgets.Dashboard`` a notebook shows, so there is one dashboard, not two. The
+the same ``dashboard.Dashboard`` a notebook shows, so there is one dashboard, not two. The
 served notebook is generated at run time in a temporary directory (never in the checkout)
 and holds no secret: the API key reaches the kernel only through the environment
 (``GURUBASE_API_KEY``), which Voila passes on. Voila runs as a child process bound to
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ConfigError, NoDataError
 
 if TYPE_CHECKING:
-    from .widgets import Dashboard
+    from .dashboard import Dashboard
 
 DEFAULT_PORT = 8866  # Voila's own default
 NO_KEY = "No API key: set GURUBASE_API_KEY and restart the dashboard to sync."

@@ -1,6 +1,10 @@
-"""Typed rows of the API's Export Analytics file and their JSON parser.
+"""Typed rows of the API's answers and their JSON parsers: one responsibility, JSON in,
+checked frozen rows out.
 
-The export lists every question of an interval in one request; this module turns its JSON
+Get Session's conversation becomes ``Conversation``/``Message`` rows and Export Analytics'
+file ``QuestionExport`` rows; ``FieldReader`` checks each field's JSON type with messages
+that name it (``conversation[3].trust_score``), and ``repair_text`` replaces lone UTF-16
+surrogates the server may send. The export lists every question of an interval in one request; this module turns its JSON
 into frozen rows, checked field by field, so a changed server fails loudly (a typed
 ``UnexpectedResponseError`` naming the row) instead of feeding bad rows to the cache. It
 accepts both top-level key schemes: the docs' ``questions`` / ``out_of_context`` /
@@ -10,6 +14,9 @@ accepts both top-level key schemes: the docs' ``questions`` / ``out_of_context``
 
 from __future__ import annotations
 
+import json
+import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -17,6 +24,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .errors import ConfigError, UnexpectedResponseError
+from .timestamps import parse_api_timestamp
 
 EXPORT_INTERVALS: tuple[str, ...] = ("today", "yesterday", "7d", "30d", "3m", "6m", "12m")
 """The intervals Export Analytics accepts, shortest first (``12m`` = 365 days)."""
@@ -63,7 +71,7 @@ _SCHEMES = {
 }
 _QUESTION_FIELDS = ("datetime", "source", "question", "trust_score", "follow_up", "url")
 _UNANSWERED_FIELDS = ("datetime", "source", "question")
-_INCOMPATIBLE = "the server is not Gurubase-compatible or changed its API"
+INCOMPATIBLE = "the server is not Gurubase-compatible or changed its API"
 
 
 @dataclass(frozen=True)
@@ -130,7 +138,7 @@ def parse_export(
 
     ``clean`` shortens and masks text quoted in messages (the client passes its own).
     """
-    reader = _Reader(label, endpoint, clean)
+    reader = FieldReader(label, endpoint, clean)
     scheme = "docs" if "out_of_context" in data or "referenced_sources" in data else "code"
     if scheme == "docs" and ("unable_to_answer" in data or "references" in data):
         raise reader.error("(top level)", "mixes the docs and the code key schemes")
@@ -163,7 +171,7 @@ def link_of(url: str) -> tuple[str | None, str | None]:
     return None, None
 
 
-class _Reader:
+class FieldReader:
     """Field checks with messages that name the row: ``questions[3].trust_score``."""
 
     def __init__(self, label: str, endpoint: str, clean: Callable[[str, int], str]) -> None:
@@ -173,10 +181,49 @@ class _Reader:
 
     def error(self, where: str, problem: str) -> UnexpectedResponseError:
         return UnexpectedResponseError(
-            f"{self.label}: field '{where}' {problem}; {_INCOMPATIBLE}",
+            f"{self.label}: field '{where}' {problem}; {INCOMPATIBLE}",
             status=200,
             endpoint=self.endpoint,
         )
+
+    def get(
+        self,
+        obj: Mapping[str, Any],
+        name: str,
+        where: str,
+        kinds: tuple[type, ...],
+        *,
+        required: bool,
+    ) -> Any:
+        """Read one field and check its type (None allowed only when not required)."""
+        if name not in obj:
+            if required:
+                raise self.error(where, "missing")
+            return None
+        value = obj[name]
+        if value is None and not required:
+            return None
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            expected = " or ".join(k.__name__ for k in kinds)
+            raise self.error(where, f"is {json_type(value)}, expected {expected}")
+        return value
+
+    def timestamp(
+        self, obj: Mapping[str, Any], name: str, where: str, *, required: bool
+    ) -> datetime | None:
+        """An ISO 8601 UTC field as a tz-aware instant (None allowed only when not required)."""
+        raw = self.get(obj, name, where, (str,), required=required)
+        if raw is None:
+            return None
+        try:
+            return parse_api_timestamp(raw)
+        except ValueError as exc:
+            problem = (
+                "is outside the years 1-9999"
+                if "outside the years" in str(exc)
+                else ("is not an ISO 8601 UTC timestamp")
+            )
+            raise self.error(where, f"{problem} ({self.clean(raw, 40)!r})") from None
 
     def list_of(self, data: Mapping[str, Any], key: str) -> list[Any]:
         if key not in data:
@@ -272,3 +319,174 @@ def json_type(value: object) -> str:
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
+
+
+# --- Get Session: a session's conversation ---------------------------------------------------
+
+_MESSAGE_FIELDS = (
+    "id",
+    "slug",
+    "user_question",
+    "question",
+    "answer",
+    "date_created",
+    "date_updated",
+    "references",
+    "trust_score",
+    "parent_slug",
+    "source",
+    "user_vote",
+)
+_MESSAGE_TEXT = (
+    "slug",
+    "user_question",
+    "question",
+    "answer",
+    "source",
+    "user_vote",
+    "parent_slug",
+)
+_CONVERSATION_FIELDS = (
+    "binge_id",
+    "root_question_slug",
+    "date_created",
+    "last_used",
+    "conversation",
+)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One question/answer of a session (Get Session ``conversation`` item)."""
+
+    id: str
+    slug: str | None
+    user_question: str | None
+    question: str | None
+    answer: str | None
+    date_created: datetime
+    date_updated: datetime | None
+    source: str | None
+    trust_score: int | None
+    user_vote: str | None
+    parent_slug: str | None
+    n_references: int | None
+    extra: dict[str, Any] = field(default_factory=dict)
+    # Fields whose text held lone UTF-16 surrogates (undecodable), stored with U+FFFD.
+    repaired: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A session's messages, oldest first, as Get Session returns them."""
+
+    session_id: str
+    root_question_slug: str | None
+    date_created: datetime
+    last_used: datetime
+    messages: list[Message]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_conversation(
+    data: dict[str, Any], session_id: str, reader: FieldReader, log: logging.Logger
+) -> Conversation:
+    """Get Session's JSON object as a ``Conversation``, checked field by field (``session_id``
+    is the one asked for, used when the answer has no ``binge_id``)."""
+    get, when = reader.get, reader.timestamp
+    # repair the top-level fields here; each message is repaired (and noted) below
+    has_messages, messages_field = "conversation" in data, data.get("conversation")
+    data, _ = repair_text({k: v for k, v in data.items() if k != "conversation"})
+    if has_messages:
+        data["conversation"] = messages_field
+    binge_id = get(data, "binge_id", "binge_id", (str,), required=False)
+    items = get(data, "conversation", "conversation", (list,), required=True)
+    messages: list[Message] = []
+    for i, item in enumerate(items):
+        where = f"conversation[{i}]"
+        if not isinstance(item, dict):
+            raise reader.error(where, f"is {json_type(item)}, expected object")
+        item, repaired = repair_text(item)
+        mid = get(item, "id", f"{where}.id", (str, int), required=True)
+        refs = get(item, "references", f"{where}.references", (list,), required=False)
+        score = get(item, "trust_score", f"{where}.trust_score", (int, float), required=False)
+        if isinstance(score, float):
+            if not score.is_integer():
+                raise reader.error(f"{where}.trust_score", f"is {score!r}, expected a whole number")
+            score = int(score)
+        if score is not None and not 0 <= score <= 100:
+            # out of the documented 0-100 (10**30 would not even fit a column): keep the
+            # message without it rather than block this session's messages for ever
+            log.warning(
+                "%s: %s.trust_score %s is outside 0-100; stored as missing",
+                reader.label, where, reader.clean(str(score), 40),
+            )  # fmt: skip
+            score, repaired = None, (*repaired, "trust_score")
+        strings = {
+            name: get(item, name, f"{where}.{name}", (str,), required=False)
+            for name in _MESSAGE_TEXT
+        }
+        messages.append(
+            Message(
+                id=str(mid),
+                date_created=when(item, "date_created", f"{where}.date_created", required=True),  # type: ignore[arg-type]  # required=True
+                date_updated=when(item, "date_updated", f"{where}.date_updated", required=False),
+                trust_score=score,
+                n_references=len(refs) if refs is not None else None,
+                extra={k: v for k, v in item.items() if k not in _MESSAGE_FIELDS},
+                repaired=repaired,
+                **strings,
+            )
+        )
+    return Conversation(
+        session_id=binge_id or session_id,
+        root_question_slug=get(
+            data, "root_question_slug", "root_question_slug", (str,), required=False
+        ),
+        date_created=when(data, "date_created", "date_created", required=True),  # type: ignore[arg-type]
+        last_used=when(data, "last_used", "last_used", required=True),  # type: ignore[arg-type]
+        messages=messages,
+        extra={k: v for k, v in data.items() if k not in _CONVERSATION_FIELDS},
+    )
+
+
+# --- text the server sent that cannot be stored -----------------------------------------------
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_REPLACEMENT = "\ufffd"
+
+
+def repair_text(item: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """``item`` with lone UTF-16 surrogates (JSON ``"\\ud800"``: no character, cannot be
+    stored or encoded) replaced by U+FFFD, and the names of the fields that had them. The
+    server's data cannot be fixed by the user; one bad title must not block every sync."""
+    repaired = tuple(k for k, v in item.items() if _has_surrogate(v))
+    if not repaired:
+        return item, ()
+    return {k: replace_surrogates(v) if k in repaired else v for k, v in item.items()}, repaired
+
+
+def _has_surrogate(value: Any) -> bool:
+    """Whether any string in ``value`` (keys included) holds a lone surrogate. A loop, not
+    recursion: a field nested as deep as JSON allows must not overflow the stack here."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if not v.isascii() and _SURROGATE.search(v) is not None:
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v)
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
+
+
+def replace_surrogates(value: Any) -> Any:
+    """``value`` with every lone surrogate (in any nested string) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _SURROGATE.sub(_REPLACEMENT, value)
+    # nested: through JSON text, whose C codec handles any depth the decoder accepted
+    text = json.dumps(value, ensure_ascii=False)
+    return json.loads(_SURROGATE.sub(_REPLACEMENT, text))

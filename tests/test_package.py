@@ -27,11 +27,7 @@ HEAVY = ("pandas", "duckdb", "matplotlib", "requests", "numpy", "ipywidgets", "t
 
 # (test, module) -> why it fails today. Remove the entry with the fix.
 _KNOWN: dict[tuple[str, str], str] = {
-    ("module_size", "guru_analytics.client"): "client.py is over 900 lines (issue 11)",
     ("module_size", "guru_analytics.sync"): "sync.py is over 900 lines (issue 11)",
-    ("module_size", "guru_analytics.widgets"): "widgets.py is over 900 lines (issue 11)",
-    ("class_size", "guru_analytics.client"): "GurubaseClient is over 450 lines (issue 11)",
-    ("class_size", "guru_analytics.guru"): "Guru is over 450 lines (issue 11)",
 }
 
 

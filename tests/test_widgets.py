@@ -24,18 +24,16 @@ import pandas as pd
 import pytest
 
 from guru_analytics import frames
+from guru_analytics.dashboard import Dashboard, SyncProgressView, describe_progress
 from guru_analytics.errors import ConfigError
 from guru_analytics.guru import Guru
 from guru_analytics.progress import SyncProgress
 from guru_analytics.widgets import (
     MAX_BARS,
-    Dashboard,
     DashboardControls,
     DashboardParams,
     Debouncer,
-    SyncProgressView,
     card_period,
-    describe_progress,
     readable,
     render,
     top_series,

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
 import duckdb
@@ -75,12 +75,12 @@ _SERIES_STEP = {
 MAX_BUCKETS = 200_000
 # The shortest length of each bucket, to bound how many a range holds.
 _MIN_BUCKET = {
-    "H": pd.Timedelta(hours=1),
-    "D": pd.Timedelta(days=1),
-    "W": pd.Timedelta(days=7),
-    "M": pd.Timedelta(days=28),
-    "Q": pd.Timedelta(days=89),
-    "Y": pd.Timedelta(days=365),
+    "H": timedelta(hours=1),
+    "D": timedelta(days=1),
+    "W": timedelta(days=7),
+    "M": timedelta(days=28),
+    "Q": timedelta(days=89),
+    "Y": timedelta(days=365),
 }
 
 
@@ -303,7 +303,9 @@ class _Query:
         hi = self.end if self.end is not None else instant(utc_now() + CLOCK_SKEW)
         if hi <= lo:
             return
-        n = (hi.value - lo.value) // _MIN_BUCKET[self.freq].value + 1  # in nanoseconds
+        # Python datetimes: years 1-9999 fit, where nanosecond Timedeltas overflow
+        span = hi.to_pydatetime() - lo.to_pydatetime()
+        n = span // _MIN_BUCKET[self.freq] + 1
         if n > MAX_BUCKETS:
             raise ConfigError(
                 f"{lo.date()} to {hi.date()} in {FREQ_NAMES[self.freq]}s is about {n:,} "

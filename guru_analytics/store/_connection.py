@@ -245,11 +245,11 @@ class Database:
                     except duckdb.Error as retry_exc:
                         message = str(retry_exc)
                 if not (_LOCK_RE.search(message) or _OTHER_CONFIG_RE.search(message)):
-                    raise self._open_error(exc) from exc
+                    raise open_error(self.path, exc) from exc
                 remaining = deadline - self._monotonic()
                 if remaining <= 0 and not (read_only or extended) and self._reader_wait:
                     extended = True
-                    holder, kind = self._holder(message)
+                    holder, kind = lock_holder(self.path, self._connect, message)
                     if kind == "reader":
                         _log.warning(
                             "cache %s is held by %s: waiting up to %g s for it to finish",
@@ -258,7 +258,9 @@ class Database:
                         deadline = started + max(self._lock_timeout, self._reader_wait)
                         remaining = deadline - self._monotonic()
                 if remaining <= 0:
-                    raise self._locked_error(message, deadline - started) from exc
+                    raise locked_error(
+                        self.path, self._connect, message, deadline - started
+                    ) from exc
                 self._sleep(min(delay, remaining))
                 delay = min(delay * 2, MAX_LOCK_BACKOFF)
         try:
@@ -323,68 +325,6 @@ class Database:
         finally:
             with self.lock:
                 self._reader_wait = before
-
-    def _holder(self, message: str) -> tuple[str, str]:
-        """Who holds the lock, from DuckDB's message and the running runs in ``sync_runs``:
-        (words for messages, kind: ``sync``, ``reader``, ``self`` or ``unknown``)."""
-        found = _PID_RE.search(message)
-        if found is None:
-            if _OTHER_CONFIG_RE.search(message):
-                return f"another connection of this process (PID {os.getpid()})", "self"
-            return "another process", "unknown"
-        pid = int(found.group(1))
-        syncs = self._running_sync_pids()
-        if syncs is None:  # a writer holds the file: its sync_runs cannot be read now
-            return f"PID {pid} (a sync or another program writing it)", "unknown"
-        if pid in syncs:
-            return f"a sync (PID {pid})", "sync"
-        return f"PID {pid} (a reader or another program)", "reader"
-
-    def _running_sync_pids(self) -> set[int] | None:
-        """PIDs of this host's running syncs, read read-only; None if the file cannot be
-        read (a writer holds it)."""
-        try:
-            conn = self._connect(self.path, True)
-        except duckdb.Error:
-            return None
-        try:
-            rows = conn.execute(
-                "SELECT pid FROM sync_runs WHERE outcome = 'running' AND host = ?",
-                [socket.gethostname()],
-            ).fetchall()
-        except duckdb.Error:
-            return set()  # no run ledger yet: no sync ever ran here
-        finally:
-            conn.close()
-        return {int(r[0]) for r in rows if r[0] is not None}
-
-    def _locked_error(self, message: str, waited: float) -> CacheLockedError:
-        holder, kind = self._holder(message)
-        what = "that sync" if kind == "sync" else "it"
-        return CacheLockedError(
-            f"cache {self.path} is held by {holder} (waited {waited:g} s); "
-            f"wait for {what} to finish or pass a different --db"
-        )
-
-    def _open_error(self, exc: duckdb.Error) -> CacheError:
-        message = one_line(exc)
-        if _NOT_DUCKDB_RE.search(message):
-            return CacheSchemaError(
-                f"{self.path} is not a guru_analytics cache (not a DuckDB file): "
-                "pass a different --db path or move that file away"
-            )
-        if re.search(r"version", message, re.IGNORECASE):
-            return CacheSchemaError(
-                f"cache {self.path} was written by an incompatible DuckDB ({message}): "
-                "install a matching duckdb or pass a different --db"
-            )
-        damaged = damaged_error(self.path, exc)
-        if damaged is not None and _DAMAGED_RE.search(message):
-            return damaged
-        return CacheError(
-            f"cannot open cache {self.path} ({message}): "
-            "check that the path is a writable file or pass a different --db"
-        )
 
     def check_open(self) -> None:
         if self.closed:
@@ -578,3 +518,74 @@ class Database:
                         self._readers[tid] = left
                     else:
                         del self._readers[tid]
+
+
+# --- who holds the file, what a failed open means ------------------------------------
+
+
+def lock_holder(path: str, connect: ConnectFactory, message: str) -> tuple[str, str]:
+    """Who holds the lock, from DuckDB's message and the running runs in ``sync_runs``:
+    (words for messages, kind: ``sync``, ``reader``, ``self`` or ``unknown``)."""
+    found = _PID_RE.search(message)
+    if found is None:
+        if _OTHER_CONFIG_RE.search(message):
+            return f"another connection of this process (PID {os.getpid()})", "self"
+        return "another process", "unknown"
+    pid = int(found.group(1))
+    syncs = _running_sync_pids(path, connect)
+    if syncs is None:  # a writer holds the file: its sync_runs cannot be read now
+        return f"PID {pid} (a sync or another program writing it)", "unknown"
+    if pid in syncs:
+        return f"a sync (PID {pid})", "sync"
+    return f"PID {pid} (a reader or another program)", "reader"
+
+
+def _running_sync_pids(path: str, connect: ConnectFactory) -> set[int] | None:
+    """PIDs of this host's running syncs, read read-only; None if the file cannot be
+    read (a writer holds it)."""
+    try:
+        conn = connect(path, True)
+    except duckdb.Error:
+        return None
+    try:
+        rows = conn.execute(
+            "SELECT pid FROM sync_runs WHERE outcome = 'running' AND host = ?",
+            [socket.gethostname()],
+        ).fetchall()
+    except duckdb.Error:
+        return set()  # no run ledger yet: no sync ever ran here
+    finally:
+        conn.close()
+    return {int(r[0]) for r in rows if r[0] is not None}
+
+
+def locked_error(
+    path: str, connect: ConnectFactory, message: str, waited: float
+) -> CacheLockedError:
+    holder, kind = lock_holder(path, connect, message)
+    what = "that sync" if kind == "sync" else "it"
+    return CacheLockedError(
+        f"cache {path} is held by {holder} (waited {waited:g} s); "
+        f"wait for {what} to finish or pass a different --db"
+    )
+
+
+def open_error(path: str, exc: duckdb.Error) -> CacheError:
+    message = one_line(exc)
+    if _NOT_DUCKDB_RE.search(message):
+        return CacheSchemaError(
+            f"{path} is not a guru_analytics cache (not a DuckDB file): "
+            "pass a different --db path or move that file away"
+        )
+    if re.search(r"version", message, re.IGNORECASE):
+        return CacheSchemaError(
+            f"cache {path} was written by an incompatible DuckDB ({message}): "
+            "install a matching duckdb or pass a different --db"
+        )
+    damaged = damaged_error(path, exc)
+    if damaged is not None and _DAMAGED_RE.search(message):
+        return damaged
+    return CacheError(
+        f"cannot open cache {path} ({message}): "
+        "check that the path is a writable file or pass a different --db"
+    )
