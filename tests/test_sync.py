@@ -558,11 +558,15 @@ def test_idle_and_touch_only_syncs_skip_user_listings_at_no_request(tmp_path: Pa
         assert list_requests(srv) == incremental_budget(40) and summary.sessions_changed == 40
         assert_exact(store, srv, slug)
         _assert_attributed(store, srv, slug, users)
-        # a user listing's watermark followed the feed: the next new session costs one page
+        # a user listing's watermark followed the feed: the next new session costs one page,
+        # and (issue 13) only the users up to its owner, most recently active first, are read
+        newest = {u: max(truth(srv, slug, u).values()) for u in users}
+        rank = sorted(users, key=lambda u: newest[u], reverse=True).index(users[3]) + 1
         srv.create(slug, 2, external_user_id=users[3])
         srv.clear_log()
         summary = run(srv, store, users=users)
-        assert list_requests(srv) == 1 + len(users) and summary.sessions_new == 2
+        assert list_requests(srv) == 1 + rank and summary.sessions_new == 2
+        assert summary.listings_skipped == len(users) - rank
         _assert_attributed(store, srv, slug, users)
 
 

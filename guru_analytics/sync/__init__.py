@@ -48,16 +48,19 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pandas as pd
 
-from .errors import ConfigError, GuruAnalyticsError, NotFoundError
-from .paging import DEFAULT_TIE_REREAD_BUDGET, PageView, Pass, Row
-from .progress import ProgressCallback, ProgressEstimator, TqdmProgress, bar_wanted
-from .store import LISTING_COLUMNS, MESSAGE_COLUMNS, ListedPage, SyncState
-from .timestamps import utc_now
-from .wire import export_range
+from ..errors import ConfigError, GuruAnalyticsError, NotFoundError
+from ..paging import DEFAULT_TIE_REREAD_BUDGET, PageView, Pass, Row
+from ..progress import ProgressCallback, ProgressEstimator, TqdmProgress, bar_wanted
+from ..store import LISTING_COLUMNS, MESSAGE_COLUMNS, ListedPage, SyncState
+from ..timestamps import utc_now
+from ..wire import export_range
+from ._users import RECHECK_AFTER, RECHECK_CHOICES, Sweep, check_recheck, users_in_step
+
+__all__ = ["RECHECK_CHOICES"]
 
 if TYPE_CHECKING:
-    from .client import Conversation, GurubaseClient, Message
-    from .store import QuestionWrite, Store
+    from ..client import Conversation, GurubaseClient, Message, Page
+    from ..store import QuestionWrite, Store
 
 _log = logging.getLogger("guru_analytics.sync")
 
@@ -115,6 +118,7 @@ class SyncSummary:
     messages_remaining: int = 0
     questions_exported: int = 0
     questions_new: int = 0
+    listings_skipped: int = 0
     seconds: float = 0.0
     outcome: str = "running"
     run_id: int | None = None
@@ -139,6 +143,10 @@ class SyncSummary:
                 f"{self.messages_fetched} sessions fetched, {self.messages_remaining} remaining",
             ),
         ]
+        if self.listings_skipped:
+            rows.append(
+                ("skipped", f"{self.listings_skipped} user listing(s), nothing to attribute")
+            )
         if self._questions_shown():
             rows.append(
                 ("questions", f"{self.questions_exported} exported, {self.questions_new} new")
@@ -384,6 +392,7 @@ class _Syncer:
         self.max_top_ups = max_top_ups
         self.base = _counters(client)
         self.answers = _Answers(store, guru)
+        self.queue_feed = False  # guru-wide pages queue new sessions for attribution
 
     # --- bookkeeping ---
 
@@ -500,9 +509,21 @@ class _Syncer:
             remember_ids=False,
         )
 
-    def _walk(self, p: Pass, listing: Listing, *, save: bool) -> None:
-        """Drive one pass: fetch, buffer (with the pass's position), feed, flush when due."""
+    def _walk(
+        self,
+        p: Pass,
+        listing: Listing,
+        *,
+        save: bool,
+        after_page: Callable[[Page], bool] | None = None,
+    ) -> None:
+        """Drive one pass: fetch, buffer (with the pass's position), feed, flush when due.
+
+        ``after_page(page)`` True ends the pass early (the attribution sweep found what it
+        was looking for). Guru-wide pages of a sync with users queue their new sessions for
+        attribution (``queue_new``)."""
         user = listing.external_user_id
+        queue_new = self.queue_feed and listing.guru_wide
         while (n := p.next_page()) is not None:
             page = self.client.list_sessions(
                 self.guru,
@@ -516,7 +537,7 @@ class _Syncer:
                 )
             )
             state = {"pass_top": p.top, "pass_next_page": p.resume_page} if save else {}
-            self.batch.add(listing.key, ListedPage(page.sessions, user), **state)
+            self.batch.add(listing.key, ListedPage(page.sessions, user, queue_new), **state)
             if self.batch.due() or (save and p.stats.requests == 1):
                 self.batch.flush()  # a pass's first page at once: its position is on disk
             self.summary.pages += 1
@@ -524,6 +545,8 @@ class _Syncer:
             self.progress.sessions += len(page.sessions)
             self.refresh_counts()
             self.progress.emit("listing")
+            if after_page is not None and after_page(page):
+                break
         self.summary.tie_rereads += p.stats.tie_rereads
         if p.stats.ties_unresolved:
             self.summary.notes.append(
@@ -791,6 +814,7 @@ def sync(
     tie_reread_budget: int = DEFAULT_TIE_REREAD_BUDGET,
     max_top_ups: int = DEFAULT_MAX_TOP_UPS,
     monotonic: Callable[[], float] = time.monotonic,
+    recheck_unattributed: str = "full",
 ) -> SyncSummary:
     """Bring the cache up to date with the guru's listings; see the module docstring.
 
@@ -821,6 +845,7 @@ def sync(
         raise ConfigError("on_progress must be a callable taking a SyncProgress, or None")
     if users is None and not guru_wide:
         raise ConfigError("nothing to sync: pass users=[...] or keep guru_wide=True")
+    recheck = check_recheck(recheck_unattributed)
     listings = listings_for(users, search, guru_wide=guru_wide)
     plans = [_plan(store, guru, listing, full) for listing in listings]
     modes = {p.mode for p in plans}
@@ -867,28 +892,37 @@ def sync(
         else nullcontext()
     )
     error: str | None = None
-    skip: list[_Plan] = []  # user listings with nothing to attribute (after the guru-wide one)
-    feed: datetime | None = None  # the guru-wide watermark this run committed
+    feed_plan = plans[0] if plans[0].listing.guru_wide else None
+    # users the attribution sweep handles (judged on the state before this run); see _users
+    in_step = users_in_step(feed_plan, plans)
+    with_users = feed_plan is not None and any(
+        p.listing.external_user_id is not None for p in plans
+    )
+    syncer.queue_feed = with_users
     try:
         with store.capped(**SYNC_SETTINGS), observing:
             try:
-                skipped = 0
+                feed: datetime | None = None  # the guru-wide watermark this run committed
                 for plan in plans:
-                    if plan in skip:
-                        syncer.skip_listing(plan, feed)
-                        skipped += 1
+                    if plan in in_step:
                         continue
-                    new_before = summary.sessions_new
                     watermark = syncer.run_listing(plan)
-                    if plan.listing.guru_wide:
+                    if plan is feed_plan:
                         feed = watermark
-                        if summary.sessions_new == new_before:
-                            skip = _users_to_skip(plan, plans)
-                if skipped:
-                    summary.notes.append(
-                        f"skipped {skipped} user listing(s) at no request: the guru-wide listing "
-                        "showed no new session, so there was nothing to attribute"
-                    )
+                        if with_users and recheck == "daily" and not full:
+                            store.requeue_unattributed(guru, clock() - RECHECK_AFTER)
+                if in_step:
+                    Sweep(syncer, in_step, feed).run()
+                if with_users:
+                    # every given user was read deep enough (or proven idle): what is still
+                    # pending belongs to none of them
+                    left = [sid for sid, _at in store.pending_attribution(guru)]
+                    store.settle_attribution(guru, left, clock())
+                    if left and in_step:
+                        summary.notes.append(
+                            f"{len(left)} new session(s) belong to none of the given users: "
+                            "remembered, so later runs do not sweep for them again"
+                        )
             except BaseException:
                 batch.flush_after_error()
                 raise
@@ -925,32 +959,6 @@ def sync(
                 bar.close()
     reports.emit("done")
     return summary
-
-
-def _users_to_skip(feed: _Plan, plans: Sequence[_Plan]) -> list[_Plan]:
-    """User listings this run need not read: the guru-wide listing is the change feed.
-
-    A session's external user never changes, so a user listing only adds attribution to
-    sessions the cache has never seen. When an incremental guru-wide pass (not a resume: the
-    pages an interrupted pass wrote are no longer new) found no new session, an incremental
-    user listing that completed after the guru-wide one last did (so the run that found the
-    cache's newest sessions also read this user) has nothing to add: every session it could
-    show is cached and attributed. Anything else (``--full``, a user new to the cache, an
-    interrupted pass, a search) is read as before.
-    """
-    if feed.mode != "incremental" or feed.state is None or feed.state.completed_at is None:
-        return []
-    since = feed.state.completed_at
-    return [
-        p
-        for p in plans
-        if p.listing.external_user_id is not None
-        and not p.listing.search_query
-        and p.mode == "incremental"
-        and p.state is not None
-        and p.state.completed_at is not None
-        and p.state.completed_at >= since
-    ]
 
 
 def _plan(store: Store, guru: str, listing: Listing, full: bool) -> _Plan:
@@ -1017,6 +1025,7 @@ def _end_run(store: Store, s: SyncSummary, error: str | None) -> None:
         sessions_deleted=s.sessions_deleted,
         messages_fetched=s.messages_fetched,
         messages_remaining=s.messages_remaining,
+        listings_skipped=s.listings_skipped,
     )
 
 
@@ -1092,8 +1101,8 @@ def sync_guru(
     ``api_key``/``base_url`` fall back to ``GURUBASE_API_KEY``/``GURUBASE_BASE_URL``; ``db``
     to ``store.default_cache_path()``. Other keywords go to ``sync()``.
     """
-    from .client import GurubaseClient
-    from .store import Store
+    from ..client import GurubaseClient
+    from ..store import Store
 
     client = GurubaseClient(
         api_key,
