@@ -313,7 +313,8 @@ def test_users_sync_reads_guru_wide_plus_each_user_in_one_run(tmp_path: Path) ->
         store = new_store(tmp_path)
         summary = run(srv, store, users=users)
         sizes = [len(srv.truth(slug, external_user_id=u)) for u in users]
-        assert list_requests(srv) == full_budget(250) + sum(full_budget(n) for n in sizes)
+        # issue 13: one top-up for the whole run (was one per multi-page listing)
+        assert list_requests(srv) == pages_for(250) + sum(pages_for(n) for n in sizes) + 1
         assert summary.listings == ["", *(f"user:{u}" for u in users)]
         assert summary.sessions_new == 250 and not summary.notes
         assert len(store.runs(slug)) == 1  # one run, one summary

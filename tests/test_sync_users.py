@@ -232,3 +232,37 @@ def test_kill_9_during_the_attribution_sweep_then_the_next_run_finishes_it(
         srv.clear_log()
         run(srv, store, users=users)
         assert list_requests(srv) == 1
+
+
+def test_first_full_sync_with_users_takes_one_top_up_for_the_whole_run(tmp_path: Path) -> None:
+    with demo_server(400, users=8) as srv:
+        slug = srv.guru_slug
+        users = srv.users(slug)[:6]
+        minimum = sum(
+            max(1, -(-len(srv.truth(slug, external_user_id=u)) // 30)) for u in [None, *users]
+        )
+        store = new_store(tmp_path)
+        summary = run(srv, store, users=users)
+        assert list_requests(srv) == minimum + 1 and summary.top_ups == 1
+        assert_exact(store, srv, slug)
+        _assert_attributed(store, srv, slug, users)
+
+
+def test_first_full_sync_with_users_under_drift_is_exact(tmp_path: Path) -> None:
+    with demo_server(400, users=8) as srv:
+        slug = srv.guru_slug
+        users = srv.users(slug)[:6]
+        existed = set(srv.truth(slug)["id"])
+        owned = list(truth(srv, slug, users[0]))
+        # during user listings: follow-ups in sessions of users[0] deep in its listing, and
+        # new sessions of users[1] and of nobody
+        for k in (16, 19, 22):
+            at_request(srv, k, lambda s, k=k: s.touch(slug, owned[k : k + 1] + owned[-k:][:1]))
+            at_request(srv, k + 1, lambda s: s.create(slug, 1, external_user_id=users[1]))
+            at_request(srv, k + 2, lambda s: s.create(slug, 1))
+        run(srv, store := new_store(tmp_path), users=users)
+        assert_exact(store, srv, slug)
+        _assert_attributed(store, srv, slug, users, among=existed)
+        run(srv, store, users=users)
+        assert_exact(store, srv, slug)
+        _assert_attributed(store, srv, slug, users)

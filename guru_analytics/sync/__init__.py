@@ -352,6 +352,15 @@ class _Plan:
     state: SyncState | None
 
 
+@dataclass
+class _Deferred:
+    """The guru-wide main pass whose top-up waits for the end of the run (one for all)."""
+
+    plan: _Plan
+    main: Pass
+    started_at: datetime
+
+
 class _CachedRow(NamedTuple):
     """A cached session re-written with the ``last_used`` Get Session showed (``ListedRow``)."""
 
@@ -393,6 +402,8 @@ class _Syncer:
         self.base = _counters(client)
         self.answers = _Answers(store, guru)
         self.queue_feed = False  # guru-wide pages queue new sessions for attribution
+        self.deferred: _Deferred | None = None  # the guru-wide top-up left for the run's end
+        self.top_up_owed = False  # a user listing skipped its own top-up
 
     # --- bookkeeping ---
 
@@ -417,7 +428,7 @@ class _Syncer:
 
     # --- one listing ---
 
-    def run_listing(self, plan: _Plan) -> datetime | None:
+    def run_listing(self, plan: _Plan, *, defer_top_up: bool = False) -> datetime | None:
         """Read one listing (see the module docstring); returns its committed watermark."""
         listing, state = plan.listing, plan.state
         key = listing.key
@@ -444,27 +455,20 @@ class _Syncer:
             pass_next_page=main.start_page,
         )
         self._walk(main, listing, save=True)
-        passes = [main]
-        prev = main
-        while (prev.stats.requests > 1 or prev is main and plan.mode == "resume") and (
-            prev.top is not None
-        ):
-            if len(passes) > self.max_top_ups:
-                self.summary.notes.append(
-                    f"{_listing_label(key)}: the list kept moving after "
-                    f"{self.max_top_ups} top-up passes; the next sync picks up the rest"
-                )
-                break
-            top_up = self._new_pass(prev.top, 1, None)
-            self._walk(top_up, listing, save=False)
-            self.summary.top_ups += 1
-            passes.append(top_up)
-            prev = top_up
+        if defer_top_up and plan.mode != "resume":
+            # one top-up for the whole run, after the user listings (``finish_top_up``)
+            passes = [main]
+            if listing.guru_wide:
+                self.deferred = _Deferred(plan, main, started_at)
+            elif main.stats.requests > 1:
+                self.top_up_owed = True
+        else:
+            passes = self._top_ups(main, listing, resumed=plan.mode == "resume")
         newest = [p.max_seen for p in passes if p.max_seen is not None]
         if pass_mode == "incremental" and watermark is not None:
             newest.append(watermark)  # never move an incremental watermark back
         self.batch.flush()  # deletions are judged against every row written
-        if plan.mode == "full" and listing.guru_wide:
+        if plan.mode == "full" and listing.guru_wide and self.deferred is None:
             self._mark_deletions(main, started_at)
         elif plan.mode == "resume" and listing.guru_wide and pass_mode == "full":
             self.summary.notes.append(
@@ -485,6 +489,55 @@ class _Syncer:
         self.batch.flush()
         self.progress.end_listing()
         return committed
+
+    def _top_ups(self, main: Pass, listing: Listing, *, resumed: bool, force: bool = False) -> list[Pass]:
+        """Re-read page 1 down to the previous pass's top while that pass took more than one
+        request (a resumed or ``force``d pass always gets one); returns every pass."""
+        key = listing.key
+        passes = [main]
+        prev = main
+        while (prev.stats.requests > 1 or prev is main and (resumed or force)) and (
+            prev.top is not None
+        ):
+            if len(passes) > self.max_top_ups:
+                self.summary.notes.append(
+                    f"{_listing_label(key)}: the list kept moving after "
+                    f"{self.max_top_ups} top-up passes; the next sync picks up the rest"
+                )
+                break
+            top_up = self._new_pass(prev.top, 1, None)
+            self._walk(top_up, listing, save=False)
+            self.summary.top_ups += 1
+            passes.append(top_up)
+            prev = top_up
+        return passes
+
+    def finish_top_up(self) -> datetime | None:
+        """The run's one deferred top-up of the guru-wide listing: page 1 down to its main
+        pass's top, when that pass or a user listing took more than one request (sessions
+        touched or created meanwhile sit above it). Then deletions (a full pass) and the
+        watermark. Returns the main pass's top: cached sessions at or above it changed
+        during the run, so a user listing read earlier may have missed them."""
+        d = self.deferred
+        self.deferred = None
+        if d is None:
+            return None
+        listing = d.plan.listing
+        force = d.main.stats.requests > 1 or self.top_up_owed
+        self.progress.start_listing(_listing_label(listing.key))
+        passes = self._top_ups(d.main, listing, resumed=False, force=force)
+        self.batch.flush()
+        if d.plan.mode == "full":
+            self._mark_deletions(d.main, d.started_at)
+        newest = [p.max_seen for p in passes[1:] if p.max_seen is not None]
+        state = self.store.get_state(self.guru, listing.key)
+        if state is not None and state.watermark is not None:
+            newest.append(state.watermark)
+        if newest:
+            self.batch.add(listing.key, None, watermark=max(newest))
+            self.batch.flush()
+        self.progress.end_listing()
+        return d.main.top if len(passes) > 1 else None
 
     def skip_listing(self, plan: _Plan, feed_watermark: datetime | None) -> None:
         """A user listing with nothing to attribute (see ``_users_to_skip``): no request; its
@@ -906,13 +959,19 @@ def sync(
                 for plan in plans:
                     if plan in in_step:
                         continue
-                    watermark = syncer.run_listing(plan)
+                    watermark = syncer.run_listing(plan, defer_top_up=with_users)
                     if plan is feed_plan:
                         feed = watermark
                         if with_users and recheck == "daily" and not full:
                             store.requeue_unattributed(guru, clock() - RECHECK_AFTER)
                 if in_step:
                     Sweep(syncer, in_step, feed).run()
+                moved_since = syncer.finish_top_up()
+                if with_users and moved_since is not None:
+                    # sessions touched or created during the run: a user listing read before
+                    # may have missed them; sweep the users read this run for them
+                    read = [p for p in plans if p.listing.external_user_id is not None]
+                    Sweep(syncer, read, None, since=moved_since).run()
                 if with_users:
                     # every given user was read deep enough (or proven idle): what is still
                     # pending belongs to none of them

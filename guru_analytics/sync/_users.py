@@ -69,23 +69,39 @@ class Sweep:
     """One run's attribution sweep over the in-step user listings (see the module docstring)."""
 
     def __init__(
-        self, syncer: _Syncer, plans: Sequence[_Plan], feed_watermark: datetime | None
+        self,
+        syncer: _Syncer,
+        plans: Sequence[_Plan],
+        feed_watermark: datetime | None,
+        *,
+        since: datetime | None = None,
     ) -> None:
         self.syncer = syncer
         self.plans = list(plans)
         self.feed = feed_watermark
+        # the sweep after the run's final top-up: only sessions at or above the guru-wide
+        # main pass's top (changed during the run), among users already read this run
+        self.since = since
         self.read = 0
         self.skipped = 0
 
     def run(self) -> None:
         s = self.syncer
-        pending = dict(s.store.pending_attribution(s.guru))
+        pending = {
+            sid: at
+            for sid, at in s.store.pending_attribution(s.guru)
+            if self.since is None or at > self.since
+        }
         wanted = len(pending)
+        if self.since is not None and not pending:
+            return
         new_before = s.summary.sessions_new
         for plan in self._order():
             if pending:
                 self._read(plan, pending)
                 self.read += 1
+            elif self.since is not None:
+                break  # these users' listings were read this run: nothing to move
             else:
                 # This user owns none of the new sessions: each was attributed to another
                 # user (a session has one external user), or there were none. Every other
@@ -132,7 +148,8 @@ class Sweep:
         """Read one user's listing newest first until nothing pending can be below."""
         s = self.syncer
         listing = plan.listing
-        own = plan.state.watermark if plan.state is not None else None
+        state = s.store.get_state(s.guru, listing.key)  # this run may have moved it already
+        own = state.watermark if state is not None else None
 
         def stop() -> datetime:
             oldest = min(pending.values())
