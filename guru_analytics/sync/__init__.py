@@ -28,22 +28,25 @@ get one Get Session each (newest first, at most ``max_requests`` requests).
 With ``questions=True`` (after the listings, before messages) one Export Analytics request
 stores every question since the last export (``sync_questions``), committed at once.
 
+The package, by responsibility: ``_listings`` (the listings, the users file, the page batch),
+``_users`` (the attribution sweep: the guru-wide listing as the change feed, issue 13),
+``_phases`` (the questions export and Get Session answers), ``_summary`` (``SyncSummary``);
+this module holds the engine (``_Syncer``: passes, top-ups, deletions, messages) and the entry
+points. Every public name is importable from ``guru_analytics.sync``.
+
 Progress reaches callers through ``on_progress`` (``progress.SyncProgress``, see the contract
 there) and pre-wait flushing through the limiter's observers; the tqdm bar is one consumer.
 """
 
 from __future__ import annotations
 
-import html
-import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from pathlib import Path
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pandas as pd
@@ -51,29 +54,54 @@ import pandas as pd
 from ..errors import ConfigError, GuruAnalyticsError, NotFoundError
 from ..paging import DEFAULT_TIE_REREAD_BUDGET, PageView, Pass, Row
 from ..progress import ProgressCallback, ProgressEstimator, TqdmProgress, bar_wanted
-from ..store import LISTING_COLUMNS, MESSAGE_COLUMNS, ListedPage, SyncState
+from ..store import LISTING_COLUMNS, ListedPage, SyncState
 from ..timestamps import utc_now
-from ..wire import export_range
+from ._listings import (
+    BATCH_PAGES,
+    BATCH_SECONDS,
+    YIELD_EVERY,
+    Listing,
+    _PageBatch,
+    listings_for,
+    read_users_file,
+)
+from ._phases import (
+    EXPORT_OVERLAP,
+    QUESTION_INTERVALS,
+    _Answers,
+    message_frame,
+    question_interval,
+    sync_questions,
+)
+from ._summary import SyncSummary, _listing_label
 from ._users import RECHECK_AFTER, RECHECK_CHOICES, Sweep, check_recheck, users_in_step
 
-__all__ = ["RECHECK_CHOICES"]
+__all__ = [
+    "BATCH_PAGES",
+    "BATCH_SECONDS",
+    "EXPORT_OVERLAP",
+    "QUESTION_INTERVALS",
+    "RECHECK_CHOICES",
+    "YIELD_EVERY",
+    "Listing",
+    "SyncSummary",
+    "listings_for",
+    "message_frame",
+    "question_interval",
+    "read_users_file",
+    "sync",
+    "sync_guru",
+    "sync_questions",
+]
 
 if TYPE_CHECKING:
-    from ..client import Conversation, GurubaseClient, Message, Page
-    from ..store import QuestionWrite, Store
+    from ..client import Conversation, GurubaseClient, Page
+    from ..store import Store
 
 _log = logging.getLogger("guru_analytics.sync")
 
 # Waits longer than this release the cache file first, so other processes can read it.
 RELEASE_BEFORE_WAIT = 1.0
-# Listing pages are committed this many to a transaction, or once the oldest buffered page is
-# this old, whichever comes first (and always before any wait). A transaction costs a few ms
-# whatever its size, so one per page dominated an unthrottled sync (measured in
-# benchmarks/throughput.py; 50 pages = 1,500 sessions, a fraction of a second of work).
-BATCH_PAGES = 50
-BATCH_SECONDS = 0.25
-# An unthrottled sync yields the cache file this often, so a reader gets in within seconds.
-YIELD_EVERY = 3.0
 # DuckDB settings of the sync's connection. One thread: a page batch is small, and every extra
 # thread keeps its own buffers (measured: ~40 MB less peak RSS at 100k sessions, about the same
 # speed). No memory_limit: DuckDB keeps a table's ART indexes resident and cannot evict them,
@@ -91,252 +119,6 @@ MESSAGE_CHUNK = 500
 # phase. Answers are also written before any wait that releases the cache file and when the
 # phase ends or fails, so a kill loses at most this many (they stay pending, fetched again).
 MESSAGE_BATCH = 50
-
-
-# --- the summary ----------------------------------------------------------------------------
-
-
-@dataclass
-class SyncSummary:
-    """What one ``sync()`` did; ``str()`` renders a small table."""
-
-    guru: str
-    mode: str
-    listings: list[str]
-    requests: int = 0
-    throttled: int = 0
-    retries: int = 0
-    pages: int = 0
-    sessions_new: int = 0
-    sessions_changed: int = 0
-    sessions_deleted: int = 0
-    tie_rereads: int = 0
-    top_ups: int = 0
-    verified: int = 0
-    unverified: int = 0
-    messages_fetched: int = 0
-    messages_remaining: int = 0
-    questions_exported: int = 0
-    questions_new: int = 0
-    listings_skipped: int = 0
-    seconds: float = 0.0
-    outcome: str = "running"
-    run_id: int | None = None
-    notes: list[str] = field(default_factory=list)
-
-    def _rows(self) -> list[tuple[str, str]]:
-        rows = [
-            ("listings", _listings_text(self.listings)),
-            (
-                "requests",
-                f"{self.requests} (pages {self.pages}, tie re-reads {self.tie_rereads}, "
-                f"top-ups {self.top_ups}; 429s {self.throttled}, retries {self.retries})",
-            ),
-            (
-                "sessions",
-                f"{self.sessions_new} new, {self.sessions_changed} changed, "
-                f"{self.sessions_deleted} deleted",
-            ),
-            ("verified", f"{self.verified} kept by Get Session, {self.unverified} unverified"),
-            (
-                "messages",
-                f"{self.messages_fetched} sessions fetched, {self.messages_remaining} remaining",
-            ),
-        ]
-        if self.listings_skipped:
-            rows.append(
-                ("skipped", f"{self.listings_skipped} user listing(s), nothing to attribute")
-            )
-        if self._questions_shown():
-            rows.append(
-                ("questions", f"{self.questions_exported} exported, {self.questions_new} new")
-            )
-        return rows
-
-    def _questions_shown(self) -> bool:
-        return bool(self.questions_exported or self.questions_new)
-
-    def _head(self) -> str:
-        run = f"run {self.run_id}" if self.run_id is not None else "no run"
-        return f"sync {self.guru}: {self.mode}, {self.outcome} ({run}, {self.seconds:.1f} s)"
-
-    def __str__(self) -> str:
-        rows = self._rows()
-        width = max(len(k) for k, _ in rows)
-        lines = [self._head(), *(f"  {k:<{width}}  {v}" for k, v in rows)]
-        lines += [f"  note: {n}" for n in self.notes]
-        return "\n".join(lines)
-
-    def __repr__(self) -> str:
-        """One line (a notebook cell ending in ``g.sync()`` shows this, not a field dump)."""
-        notes = f", {len(self.notes)} note(s)" if self.notes else ""
-        questions = f", {self.questions_new} new questions" if self._questions_shown() else ""
-        return (
-            f"<SyncSummary {self.guru}: {self.mode}, {self.outcome}, {self.requests} requests, "
-            f"{self.sessions_new} new, {self.sessions_changed} changed, "
-            f"{self.sessions_deleted} deleted{questions}{notes}>"
-        )
-
-    def _repr_html_(self) -> str:
-        """A small table for Jupyter."""
-        cell = "<tr><th style='text-align:left'>{}</th><td style='text-align:left'>{}</td></tr>"
-        body = "".join(cell.format(html.escape(k), html.escape(v)) for k, v in self._rows())
-        body += "".join(cell.format("note", html.escape(n)) for n in self.notes)
-        return f"<table><caption>{html.escape(self._head())}</caption>{body}</table>"
-
-
-def _listing_label(key: str) -> str:
-    return "guru-wide" if key == "" else key
-
-
-def _listings_text(keys: Sequence[str], shown: int = 4) -> str:
-    """Name a few listings and count the rest, so 50 users stay one readable line."""
-    labels = [_listing_label(k) for k in keys]
-    if len(labels) <= shown:
-        return ", ".join(labels)
-    return f"{', '.join(labels[:shown])} and {len(labels) - shown} more ({len(labels)} listings)"
-
-
-# --- listings -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Listing:
-    """One filtered view of a guru's sessions, with its own watermark in ``sync_state``."""
-
-    key: str
-    external_user_id: str | None = None
-    search_query: str = ""
-
-    @property
-    def guru_wide(self) -> bool:
-        return self.external_user_id is None and not self.search_query
-
-
-def listings_for(
-    users: Iterable[str] | None, search: str | None, *, guru_wide: bool = False
-) -> list[Listing]:
-    """The listings a sync walks, narrowed by search: the guru-wide one first when
-    ``guru_wide`` (or when ``users`` is None), then one per user."""
-    query = _check_search(search)
-    tail = f"search:{query}" if query else ""
-    if users is None:
-        return [Listing(tail, None, query)]
-    if isinstance(users, str):
-        raise ConfigError("users must be a list of external user ids, not one string")
-    out: list[Listing] = [Listing(tail, None, query)] if guru_wide else []
-    seen: set[str] = set()
-    for user in users:
-        if not isinstance(user, str) or not user.strip():
-            raise ConfigError(f"external user id {user!r} is not valid: use a non-empty string")
-        user = user.strip()
-        if user in seen:
-            continue
-        seen.add(user)
-        key = f"user:{user}" + (f"|{tail}" if tail else "")
-        out.append(Listing(key, user, query))
-    if not out:
-        raise ConfigError("users is empty: pass at least one external user id, or users=None")
-    return out
-
-
-def _check_search(search: str | None) -> str:
-    if search is None:
-        return ""
-    if not isinstance(search, str):
-        raise ConfigError(f"search {search!r} is not valid: pass a string")
-    return search.strip()  # the API strips it too
-
-
-def read_users_file(path: str | Path) -> list[str]:
-    """External user ids from a file: one per line, blank lines and ``#`` comments ignored."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"users file {str(p)!r} not found: check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"users file {str(p)!r} cannot be read ({type(exc).__name__})") from None
-    users = []
-    for line in text.splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            users.append(line)
-    if not users:
-        raise ConfigError(f"users file {str(p)!r} holds no user ids: one id per line")
-    return users
-
-
-# --- batching pages into transactions -------------------------------------------------------
-
-
-class _PageBatch:
-    """Pages read but not yet written, with the pass state they carry (see ``BATCH_PAGES``).
-
-    ``flush()`` writes them and the state in one transaction. The sync flushes when the
-    batch is due, before every wait (so a throttled sync commits each page before sleeping),
-    at the end of each listing and on errors; every ``YIELD_EVERY`` seconds of holding the
-    file it also yields it, so a reader started during a fast sync gets in.
-    """
-
-    def __init__(
-        self,
-        store: Store,
-        guru: str,
-        clock: Callable[[], datetime],
-        monotonic: Callable[[], float],
-        summary: SyncSummary,
-    ) -> None:
-        self.store = store
-        self.guru = guru
-        self.clock = clock
-        self.monotonic = monotonic
-        self.summary = summary
-        self.pages: list[ListedPage] = []
-        self.state: dict[str, dict[str, Any]] = {}
-        self.first: float | None = None  # when the oldest buffered page arrived
-        self.held_since: float | None = None  # when the file was last taken (None: released)
-
-    def add(self, listing: str, page: ListedPage | None, **state: Any) -> None:
-        if self.first is None:
-            self.first = self.monotonic()
-        if page is not None and page.rows:
-            self.pages.append(page)
-        if state:
-            self.state.setdefault(listing, {}).update(state)
-
-    def due(self) -> bool:
-        return self.first is not None and (
-            len(self.pages) >= BATCH_PAGES or self.monotonic() - self.first >= BATCH_SECONDS
-        )
-
-    def flush(self) -> None:
-        """Write what is buffered (the buffer is emptied first: pages a failed write loses
-        are read again by the resume), then yield the file if it was held long enough."""
-        if self.first is None:
-            return
-        pages, state = self.pages, self.state
-        self.pages, self.state, self.first = [], {}, None
-        written = self.store.write_pages(self.guru, pages, self.clock(), state)
-        self.summary.sessions_new += sum(w.new for w in written)
-        self.summary.sessions_changed += sum(w.changed for w in written)
-        now = self.monotonic()
-        if self.held_since is None:
-            self.held_since = now
-        elif now - self.held_since >= YIELD_EVERY:
-            self.store.yield_file()
-            self.held_since = None
-
-    def released(self) -> None:
-        """The file was released (before a wait): the hold starts again at the next write."""
-        self.held_since = None
-
-    def flush_after_error(self) -> None:
-        """Keep what was read when the sync fails; the first error is the one raised."""
-        try:
-            self.flush()
-        except GuruAnalyticsError as exc:
-            _log.warning("could not store the last pages read after an error: %s", exc)
 
 
 # --- progress -------------------------------------------------------------------------------
@@ -753,98 +535,6 @@ def _to_datetime(value: Any) -> datetime:
     return ts.tz_convert("UTC").to_pydatetime()
 
 
-# --- frames for the store (Get Session answers) ---------------------------------------------
-
-
-def message_frame(conv: Conversation | None) -> pd.DataFrame:
-    """The store's messages frame for one Get Session answer (empty for None)."""
-    msgs = conv.messages if conv is not None else []
-    return _messages_frame(msgs).drop(columns="session_id")
-
-
-def _messages_frame(msgs: Sequence[Message], session_ids: Sequence[str] = ()) -> pd.DataFrame:
-    """Messages of one or more answers as the store's frame, ``session_id`` first."""
-    frame = pd.DataFrame(
-        {
-            "session_id": pd.Series(session_ids or [""] * len(msgs), dtype="str"),
-            "id": pd.Series([m.id for m in msgs], dtype="str"),
-            "slug": pd.Series([m.slug for m in msgs], dtype="object"),
-            "parent_slug": pd.Series([m.parent_slug for m in msgs], dtype="object"),
-            "question": pd.Series([m.question for m in msgs], dtype="object"),
-            "user_question": pd.Series([m.user_question for m in msgs], dtype="object"),
-            "date_created": pd.to_datetime(
-                pd.Series([m.date_created for m in msgs], dtype="object"), utc=True
-            ),
-            "date_updated": pd.to_datetime(
-                pd.Series([m.date_updated for m in msgs], dtype="object"), utc=True
-            ),
-            "source": pd.Series([m.source for m in msgs], dtype="object"),
-            "trust_score": pd.Series([m.trust_score for m in msgs], dtype="Int64"),
-            "user_vote": pd.Series([m.user_vote for m in msgs], dtype="object"),
-            "answer": pd.Series([m.answer for m in msgs], dtype="object"),
-            "n_references": pd.Series([m.n_references for m in msgs], dtype="Int64"),
-            "extra": pd.Series(
-                [json.dumps(m.extra, sort_keys=True) if m.extra else None for m in msgs],
-                dtype="object",
-            ),
-        },
-        columns=["session_id", *MESSAGE_COLUMNS],
-    )
-    return frame
-
-
-class _Answers:
-    """Get Session answers fetched but not yet written (see ``MESSAGE_BATCH``)."""
-
-    def __init__(self, store: Store, guru: str) -> None:
-        self.store = store
-        self.guru = guru
-        self._fetches: list[tuple[str, str, datetime, datetime, datetime | None]] = []
-        self._messages: list[Message] = []
-        self._message_sessions: list[str] = []
-
-    def __len__(self) -> int:
-        return len(self._fetches)
-
-    def add(
-        self,
-        sid: str,
-        conv: Conversation | None,
-        fetched_last_used: datetime,
-        fetched_at: datetime,
-    ) -> None:
-        """Buffer one answer: ``conv`` None is a 404 (the session is gone upstream)."""
-        if conv is None:
-            self._fetches.append((sid, "not_found", fetched_last_used, fetched_at, None))
-            return
-        self._fetches.append((sid, "ok", fetched_last_used, fetched_at, conv.date_created))
-        self._messages.extend(conv.messages)
-        self._message_sessions.extend([sid] * len(conv.messages))
-
-    def flush(self) -> None:
-        """Write the buffered answers in one transaction. The buffer is emptied first: answers
-        a failed write loses stay pending in the cache and are fetched again."""
-        if not self._fetches:
-            return
-        fetches, msgs, sessions = self._fetches, self._messages, self._message_sessions
-        self._fetches, self._messages, self._message_sessions = [], [], []
-        sid, status, last_used, at, created = zip(*fetches, strict=True)
-        frame = pd.DataFrame(
-            {
-                "session_id": pd.Series(sid, dtype="str"),
-                "status": pd.Series(status, dtype="str"),
-                "fetched_last_used": _utc_times(last_used),
-                "fetched_at": _utc_times(at),
-                "date_created": _utc_times(created),
-            }
-        )
-        self.store.write_conversations(self.guru, frame, _messages_frame(msgs, sessions))
-
-
-def _utc_times(values: Sequence[datetime | None]) -> pd.Series:
-    return pd.to_datetime(pd.Series(values, dtype="object"), utc=True)
-
-
 # --- entry points ---------------------------------------------------------------------------
 
 
@@ -1086,61 +776,6 @@ def _end_run(store: Store, s: SyncSummary, error: str | None) -> None:
         messages_remaining=s.messages_remaining,
         listings_skipped=s.listings_skipped,
     )
-
-
-# --- questions (issue 15) -----------------------------------------------------------------
-
-QUESTION_INTERVALS = ("today", "7d", "30d", "3m", "6m", "12m")
-"""The intervals ``question_interval`` chooses from, shortest first. ``yesterday`` is never
-chosen: it ends at the last UTC midnight, so it misses today's questions."""
-EXPORT_OVERLAP = timedelta(hours=1)
-"""How far before the last export the next one must start: room for clock skew between this
-machine and the server, and for a question saved a little after its minute. Rows exported
-twice are stored once (``Store.write_questions``), so the overlap costs nothing."""
-
-
-def question_interval(
-    last_export: datetime | None, now: datetime, overlap: timedelta = EXPORT_OVERLAP
-) -> str:
-    """The smallest interval asked at ``now`` that starts at or before ``last_export -
-    overlap`` (so it covers everything since the last export); ``12m`` the first time, and
-    when the last export is older than the 365 days the API keeps (the gap is lost)."""
-    if last_export is None:
-        return "12m"
-    since = last_export - overlap
-    for interval in QUESTION_INTERVALS:
-        if export_range(interval, now)[0] <= since:
-            return interval
-    return "12m"
-
-
-def sync_questions(
-    guru: str,
-    *,
-    client: GurubaseClient,
-    store: Store,
-    clock: Callable[[], datetime] = utc_now,
-    summary: SyncSummary | None = None,
-) -> QuestionWrite:
-    """One Export Analytics request for every question since the last export, stored
-    idempotently in one transaction (``Store.write_questions``); adds ``questions_exported``
-    (rows in the export) and ``questions_new`` to ``summary``, and a note when a gap could not
-    be covered."""
-    last = store.last_question_export(guru)
-    now = clock()
-    interval = question_interval(None if last is None else last.exported_at, now)
-    covers_from = export_range(interval, now)[0]
-    export = client.export_questions(guru, interval)
-    written = store.write_questions(guru, export, now, covers_from=covers_from)
-    if summary is not None:
-        summary.questions_exported += written.questions + written.unanswered
-        summary.questions_new += written.new
-        if last is not None and covers_from > last.exported_at:
-            summary.notes.append(
-                f"questions between {last.exported_at:%Y-%m-%d} and {covers_from:%Y-%m-%d} "
-                "are older than the 12 months Export Analytics covers: they are not stored"
-            )
-    return written
 
 
 def sync_guru(
