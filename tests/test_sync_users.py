@@ -266,3 +266,23 @@ def test_first_full_sync_with_users_under_drift_is_exact(tmp_path: Path) -> None
         run(srv, store, users=users)
         assert_exact(store, srv, slug)
         _assert_attributed(store, srv, slug, users)
+
+
+def test_a_cached_session_touched_during_a_new_users_listing_is_still_attributed(
+    tmp_path: Path,
+) -> None:
+    with demo_server(400, users=8) as srv:
+        slug = srv.guru_slug
+        by_size = sorted(srv.users(slug), key=lambda u: -len(truth(srv, slug, u)))
+        users = by_size[:3]  # the biggest first: its listing is read right after the feed
+        store = new_store(tmp_path)
+        run(srv, store)  # guru-wide only: every session cached, none attributed or queued
+        owned = list(truth(srv, slug, users[0]))
+        assert len(owned) > 30
+        # request 1 is the guru-wide page, 2 the user's page 1: before its page 2 is read, its
+        # last session gets a follow-up and jumps to the top (page 2 no longer shows it)
+        at_request(srv, 3, lambda s: s.touch(slug, owned[-1:]))
+        summary = run(srv, store, users=users)
+        assert summary.top_ups == 1
+        assert_exact(store, srv, slug)
+        _assert_attributed(store, srv, slug, users)

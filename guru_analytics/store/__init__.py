@@ -368,10 +368,13 @@ class Store:
 
     # --- the attribution queue (issue 13) -----------------------------------------------
 
-    def pending_attribution(self, guru: str) -> list[tuple[str, datetime]]:
+    def pending_attribution(
+        self, guru: str, moved_since: datetime | None = None
+    ) -> list[tuple[str, datetime]]:
         """Sessions queued for the attribution sweep and still unattributed, newest first:
-        ``(id, cached last_used)``; see ``_unattributed``."""
-        return self._unattributed.pending(guru)
+        ``(id, cached last_used)``; with ``moved_since`` every live unattributed session with a
+        later ``last_used``, queued or not. See ``_unattributed``."""
+        return self._unattributed.pending(guru, moved_since)
 
     def unattributed_counts(self, guru: str) -> dict[str, int]:
         """How many sessions are ``pending`` and ``proven`` unattributed."""

@@ -37,6 +37,16 @@ ORDER BY s.last_used DESC, s.id
 """
 
 
+# Every live unattributed session that moved past an instant, queued or not (the sessions a
+# user listing read during a run may have missed: they jumped above its offset).
+_MOVED_SQL = """
+SELECT s.id, s.last_used FROM sessions s
+WHERE s.guru = $guru AND NOT s.deleted AND s.last_used > $since
+  AND NOT EXISTS (SELECT 1 FROM session_users u WHERE u.guru = s.guru AND u.id = s.id)
+ORDER BY s.last_used DESC, s.id
+"""
+
+
 def queue(conn: duckdb.DuckDBPyConnection, guru: str, ids: Sequence[str]) -> None:
     """Queue new sessions as pending, inside the caller's transaction."""
     if ids:
@@ -49,11 +59,17 @@ class Unattributed:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def pending(self, guru: str) -> list[tuple[str, datetime]]:
-        """Pending sessions still unattributed and live, newest first: (id, cached last_used)."""
+    def pending(self, guru: str, moved_since: datetime | None = None) -> list[tuple[str, datetime]]:
+        """Pending sessions still unattributed and live, newest first: (id, cached last_used).
+        With ``moved_since``: every live unattributed session whose ``last_used`` is later,
+        queued or not."""
         check_guru(guru)
         with self._db.reader() as conn:
-            rows = conn.execute(_PENDING_SQL, {"guru": guru}).fetchall()
+            if moved_since is None:
+                rows = conn.execute(_PENDING_SQL, {"guru": guru}).fetchall()
+            else:
+                since = as_utc(moved_since, "moved_since")
+                rows = conn.execute(_MOVED_SQL, {"guru": guru, "since": since}).fetchall()
         return [(str(sid), py_utc(at)) for sid, at in rows]  # type: ignore[misc]
 
     def counts(self, guru: str) -> dict[str, int]:

@@ -642,6 +642,8 @@ def sync(
         p.listing.external_user_id is not None for p in plans
     )
     syncer.queue_feed = with_users
+    # one top-up for the whole run (after the user listings), unless the guru-wide pass resumes
+    defer = with_users and feed_plan is not None and feed_plan.mode != "resume"
     try:
         with store.capped(**SYNC_SETTINGS), observing:
             try:
@@ -649,7 +651,7 @@ def sync(
                 for plan in plans:
                     if plan in in_step:
                         continue
-                    watermark = syncer.run_listing(plan, defer_top_up=with_users)
+                    watermark = syncer.run_listing(plan, defer_top_up=defer)
                     if plan is feed_plan:
                         feed = watermark
                         if with_users and recheck == "daily" and not full:

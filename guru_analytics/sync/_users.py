@@ -79,19 +79,16 @@ class Sweep:
         self.syncer = syncer
         self.plans = list(plans)
         self.feed = feed_watermark
-        # the sweep after the run's final top-up: only sessions at or above the guru-wide
-        # main pass's top (changed during the run), among users already read this run
+        # the sweep after the run's final top-up: unattributed sessions (queued or not) above
+        # the guru-wide main pass's top, i.e. moved during the run, which a user listing read
+        # without its own top-up may have missed; among the users read this run
         self.since = since
         self.read = 0
         self.skipped = 0
 
     def run(self) -> None:
         s = self.syncer
-        pending = {
-            sid: at
-            for sid, at in s.store.pending_attribution(s.guru)
-            if self.since is None or at > self.since
-        }
+        pending = dict(s.store.pending_attribution(s.guru, self.since))
         wanted = len(pending)
         if self.since is not None and not pending:
             return
