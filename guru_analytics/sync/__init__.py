@@ -322,7 +322,7 @@ class _Syncer:
         return d.main.top if len(passes) > 1 else None
 
     def skip_listing(self, plan: _Plan, feed_watermark: datetime | None) -> None:
-        """A user listing with nothing to attribute (see ``_users_to_skip``): no request; its
+        """A user listing with nothing to attribute (see ``_users.Sweep``): no request; its
         watermark moves up to the guru-wide one, which already covers its sessions."""
         assert plan.state is not None
         marks = [w for w in (plan.state.watermark, feed_watermark) if w is not None]

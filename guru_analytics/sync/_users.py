@@ -116,9 +116,12 @@ class Sweep:
             )
             s.summary.notes.append(f"skipped {self.skipped} user listing(s) at no request: {why}")
         if self.read:
+            what = "unattributed session(s) that moved during the run" if self.since else (
+                "new session(s)"
+            )
             s.summary.notes.append(
                 f"read {self.read} user listing(s) only as deep as needed to attribute "
-                f"{wanted} new session(s)"
+                f"{wanted} {what}"
             )
         late = s.summary.sessions_new - new_before
         if late:
