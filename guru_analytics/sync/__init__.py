@@ -186,6 +186,7 @@ class _Syncer:
         self.queue_feed = False  # guru-wide pages queue new sessions for attribution
         self.deferred: _Deferred | None = None  # the guru-wide top-up left for the run's end
         self.top_up_owed = False  # a user listing skipped its own top-up
+        self.owed: list[str] = []  # user listings whose completion waits for the run's end
 
     # --- bookkeeping ---
 
@@ -258,11 +259,17 @@ class _Syncer:
                 "(run --full again to mark them)"
             )
         committed = max(newest) if newest else None
+        # A user listing read without its own top-up is complete only once the run's top-up
+        # and sweep are (``complete_owed``): killed before that, it is read again next run.
+        owed = defer_top_up and plan.mode != "resume" and not listing.guru_wide
+        if owed:
+            self.owed.append(key)
+        finished = {} if owed else {"completed_at": self.clock()}
         self.batch.add(
             key,
             None,
             watermark=committed,
-            completed_at=self.clock(),
+            **finished,
             pass_mode=None,
             pass_started_at=None,
             pass_top=None,
@@ -320,6 +327,14 @@ class _Syncer:
             self.batch.flush()
         self.progress.end_listing()
         return d.main.top if len(passes) > 1 else None
+
+    def complete_owed(self) -> None:
+        """The run's top-up and sweep are done: the user listings read without their own
+        top-up are complete now (they count as in step from here on)."""
+        for key in self.owed:
+            self.batch.add(key, None, completed_at=self.clock())
+        self.owed = []
+        self.batch.flush()
 
     def skip_listing(self, plan: _Plan, feed_watermark: datetime | None) -> None:
         """A user listing with nothing to attribute (see ``_users.Sweep``): no request; its
@@ -664,6 +679,7 @@ def sync(
                     # may have missed them; sweep the users read this run for them
                     read = [p for p in plans if p.listing.external_user_id is not None]
                     Sweep(syncer, read, None, since=moved_since).run()
+                syncer.complete_owed()
                 if with_users:
                     # every given user was read deep enough (or proven idle): what is still
                     # pending belongs to none of them
