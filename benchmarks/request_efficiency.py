@@ -9,7 +9,11 @@ the fewest requests the API could possibly allow:
   changed ones; both are shown);
 - per-user sync: the sum of each user's own minimum (an empty listing still costs one);
 - under drift (touches and new sessions while the crawl runs): the extra requests over the
-  no-drift minimum, allowed ``+1`` per 30 drifted sessions, and whether the cache ends exact.
+  no-drift minimum, allowed ``+1`` per 30 drifted sessions, and whether the cache ends exact;
+- a sync with users (issue 13, the guru-wide listing as the change feed): the first full sync
+  against the sum of every listing's minimum plus one top-up; idle, touches only and new
+  sessions of a few users against the guru-wide minimum plus the user listings the sweep
+  needs (users most recently active first).
 
 Counts come from ``LocalGurubase.log`` (every request the server answered, 429s and Get
 Session checks included), not from the client's own bookkeeping.
@@ -203,6 +207,7 @@ def run(plan: Plan, workdir: Path, say: Callable[[str], None]) -> list[Row]:
         bench.close()
 
     rows += _per_user(plan, workdir, say)
+    rows += _change_feed(plan, workdir, say)
     return rows
 
 
@@ -279,6 +284,99 @@ def _per_user(plan: Plan, workdir: Path, say: Callable[[str], None]) -> list[Row
                 moved,
                 exact,
                 _detail(summary, exact) + " (each user against the truth when its listing ended)",
+            )
+        )
+    finally:
+        bench.close()
+    return rows
+
+
+def _feed_exactness(bench: _Bench, users: list[str]) -> Exactness:
+    """Guru-wide and per-user exactness together (the sum of both checks)."""
+    g = guru_exactness(bench.srv, bench.store, bench.slug)
+    u = users_exactness(bench.srv, bench.store, bench.slug, users)
+    return Exactness(
+        g.expected + u.expected, g.missing + u.missing, g.extra + u.extra, g.stale + u.stale
+    )
+
+
+def _change_feed(plan: Plan, workdir: Path, say: Callable[[str], None]) -> list[Row]:
+    """A sync with users (guru-wide + one listing per user, the default): the guru-wide
+    listing is the change feed and user listings are read only to attribute new sessions."""
+    rows: list[Row] = []
+    n = plan.user_sessions
+    bench = _Bench(demo_server(n, plan.n_users), workdir / "feed.duckdb")
+    rng = random.Random(17)
+    try:
+        slug = bench.slug
+        users = bench.srv.users(slug)[: plan.n_users]
+        u = len(users)
+        say(f"requests: first full sync with {u} users ({n:,} sessions)")
+        sizes = _user_minimums(bench.srv, slug, users)
+        minimum = full_min(len(bench.srv.truth(slug))) + sum(full_min(x) for x in sizes.values())
+        count, summary = bench.sync(users=users)
+        exact = _feed_exactness(bench, users)
+        rows.append(
+            _ratio_row(
+                f"first full sync with {u} users ({n:,} sessions)",
+                count,
+                minimum + 1,
+                "sum of every listing's max(1, ceil(n/30)) + 1 top-up",
+                f"sum of minimums {minimum}; before issue 13 one top-up per multi-page listing; "
+                + _detail(summary, exact)
+                + " (guru-wide + per user)",
+            )
+        )
+
+        say(f"requests: idle incremental with {u} users")
+        count, summary = bench.sync(users=users)
+        exact = _feed_exactness(bench, users)
+        rows.append(
+            _ratio_row(
+                f"idle incremental with {u} users",
+                count,
+                1,
+                "1 guru-wide page",
+                f"before issue 13: {u + 1}; {summary.listings_skipped} user listings skipped; "
+                + _detail(summary, exact),
+            )
+        )
+
+        say(f"requests: 100 touched cached sessions over {u} users")
+        owned = [sid for x in users for sid in bench.srv.truth(slug, x)["id"].tolist()]
+        bench.srv.touch(slug, rng.sample(owned, min(100, len(owned))))
+        count, summary = bench.sync(users=users)
+        exact = _feed_exactness(bench, users)
+        rows.append(
+            _ratio_row(
+                f"100 touched cached sessions over {u} users",
+                count,
+                reference_min(100),
+                "ceil(100/30)+1",
+                f"before issue 13: {u + 2}; {summary.listings_skipped} user listings skipped; "
+                + _detail(summary, exact),
+            )
+        )
+
+        say(f"requests: 10 new sessions from 3 of {u} users")
+        newest = {x: bench.srv.truth(slug, x)["last_used"].max() for x in users}
+        order = sorted(users, key=lambda x: newest[x], reverse=True)
+        owners = rng.sample(users, 3)
+        for owner, k in zip(owners, (4, 3, 3), strict=True):
+            bench.srv.create(slug, k, external_user_id=owner)
+        deepest = max(order.index(x) + 1 for x in owners)
+        count, summary = bench.sync(users=users)
+        exact = _feed_exactness(bench, users)
+        rows.append(
+            _ratio_row(
+                f"10 new sessions from 3 of {u} users",
+                count,
+                floor_min(10) + deepest,
+                f"guru-wide {floor_min(10)} + users up to the deepest owner (activity rank "
+                f"{deepest} of {u})",
+                f"owners' activity ranks {sorted(order.index(x) + 1 for x in owners)}; "
+                f"worst case of their order {floor_min(10) + u}; before issue 13: {u + 1}; "
+                + _detail(summary, exact),
             )
         )
     finally:

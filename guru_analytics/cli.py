@@ -367,6 +367,13 @@ def _add_sync(sub: argparse._SubParsersAction, name: str) -> None:
         help="re-read every page (finds deleted sessions; costs one request per 30 sessions)",
     )
     p.add_argument(
+        "--recheck-unattributed",
+        choices=["full", "daily", "never"],
+        default="full",
+        help="when sessions none of the users owns are swept again: on --full (default), "
+        "at most daily when they changed, or never",
+    )
+    p.add_argument(
         "--messages",
         action="store_true",
         help="also fetch the messages of new/changed sessions (one request per session)",
@@ -408,6 +415,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         users=users or None,
         search=args.search,
         full=args.full,
+        recheck_unattributed=args.recheck_unattributed,
         messages=args.messages,
         questions=args.questions,
         max_requests=args.max_requests,

@@ -272,6 +272,7 @@ class Guru:
         progress: bool | None = None,
         on_progress: ProgressCallback | None = None,
         questions: bool = False,
+        recheck_unattributed: str = "full",
     ) -> SyncSummary:
         """Bring the cache up to date: the guru-wide listing and one listing per user, in one
         run with one summary (``sync.sync``).
@@ -282,7 +283,9 @@ class Guru:
         ``max_requests``). ``questions`` stores every question since the last export (one
         Export Analytics request, guru-wide, after the listings). ``on_progress(SyncProgress)``
         hears every page, answer, the export and each wait second. The first run reads
-        everything; later runs stop at what the cache has.
+        everything; later runs stop at what the cache has, and read user listings only to
+        attribute new sessions. ``recheck_unattributed`` (``full``, ``daily``, ``never``): when
+        sessions no given user owns are swept again (see ``sync.RECHECK_CHOICES``).
         """
         from .client import GurubaseClient
         from .sync import sync as run_sync
@@ -317,6 +320,7 @@ class Guru:
                 progress=progress,
                 on_progress=on_progress,
                 clock=self._clock,
+                recheck_unattributed=recheck_unattributed,
             )
         finally:
             client.close()

@@ -27,7 +27,6 @@ HEAVY = ("pandas", "duckdb", "matplotlib", "requests", "numpy", "ipywidgets", "t
 
 # (test, module) -> why it fails today. Remove the entry with the fix.
 _KNOWN: dict[tuple[str, str], str] = {
-    ("module_size", "guru_analytics.sync"): "sync.py is over 900 lines (issue 11)",
 }
 
 

@@ -545,10 +545,10 @@ def test_v1_cache_is_upgraded_in_place_with_its_data(tmp_path: Path) -> None:
     path = tmp_path / "old.duckdb"
     _v1_cache(path)
     store = Store(path)
-    assert store.schema_version == SCHEMA_VERSION == 4
+    assert store.schema_version == SCHEMA_VERSION == 5
     with store.reader() as conn:
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() == [
-            ("4",)
+            ("5",)
         ]
         md5 = conn.execute("SELECT listing_md5 FROM sessions").fetchall()[0][0]
     assert md5 is not None  # backfilled
@@ -575,15 +575,15 @@ def test_injected_future_migration_runs_once_and_keeps_data(tmp_path: Path) -> N
     def backfill(conn: duckdb.DuckDBPyConnection) -> None:
         conn.execute("UPDATE sessions SET note = 'seen ' || id")
 
-    v4 = (5, "ALTER TABLE sessions ADD COLUMN note VARCHAR")
-    v5 = (6, backfill)
+    v4 = (SCHEMA_VERSION + 1, "ALTER TABLE sessions ADD COLUMN note VARCHAR")
+    v5 = (SCHEMA_VERSION + 2, backfill)
     with Store(path, migrations=[*MIGRATIONS, v4, v5]) as store:
-        assert store.schema_version == 6
+        assert store.schema_version == SCHEMA_VERSION + 2
         with store.reader() as conn:
             notes = conn.execute("SELECT id, note FROM sessions ORDER BY id").fetchall()
             version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchall()
         assert notes == [("a", "seen a"), ("b", "seen b")]
-        assert version == [("6",)]
+        assert version == [(str(SCHEMA_VERSION + 2),)]
         assert store.write_page(G, listing(("c", at(5))), at(6)).new == 1
     # Opening again with the same steps does not re-run them (the column exists already).
     with Store(path, migrations=[*MIGRATIONS, v4, v5]) as store:
@@ -592,7 +592,7 @@ def test_injected_future_migration_runs_once_and_keeps_data(tmp_path: Path) -> N
 
 def test_newer_cache_is_refused_and_failed_upgrade_rolls_back(tmp_path: Path) -> None:
     path = tmp_path / "c.duckdb"
-    with Store(path, migrations=[*MIGRATIONS, (5, "SELECT 1")]) as store:
+    with Store(path, migrations=[*MIGRATIONS, (SCHEMA_VERSION + 1, "SELECT 1")]) as store:
         store.write_page(G, listing(("a", at(1))), at(2))
     with pytest.raises(CacheSchemaError, match="newer guru_analytics.*upgrade the package"):
         Store(path)
@@ -600,8 +600,11 @@ def test_newer_cache_is_refused_and_failed_upgrade_rolls_back(tmp_path: Path) ->
     other = tmp_path / "d.duckdb"
     with Store(other) as store:
         store.write_page(G, listing(("a", at(1))), at(2))
-    broken = (5, "ALTER TABLE sessions ADD COLUMN note VARCHAR; SELECT * FROM no_such_table")
-    with pytest.raises(CacheSchemaError, match="rolled back to version 4"):
+    broken = (
+        SCHEMA_VERSION + 1,
+        "ALTER TABLE sessions ADD COLUMN note VARCHAR; SELECT * FROM no_such_table",
+    )
+    with pytest.raises(CacheSchemaError, match=f"rolled back to version {SCHEMA_VERSION}"):
         Store(other, migrations=[*MIGRATIONS, broken])
     with Store(other) as store:
         assert "note" not in sessions_table(store).columns

@@ -313,7 +313,8 @@ def test_users_sync_reads_guru_wide_plus_each_user_in_one_run(tmp_path: Path) ->
         store = new_store(tmp_path)
         summary = run(srv, store, users=users)
         sizes = [len(srv.truth(slug, external_user_id=u)) for u in users]
-        assert list_requests(srv) == full_budget(250) + sum(full_budget(n) for n in sizes)
+        # issue 13: one top-up for the whole run (was one per multi-page listing)
+        assert list_requests(srv) == pages_for(250) + sum(pages_for(n) for n in sizes) + 1
         assert summary.listings == ["", *(f"user:{u}" for u in users)]
         assert summary.sessions_new == 250 and not summary.notes
         assert len(store.runs(slug)) == 1  # one run, one summary
@@ -558,11 +559,15 @@ def test_idle_and_touch_only_syncs_skip_user_listings_at_no_request(tmp_path: Pa
         assert list_requests(srv) == incremental_budget(40) and summary.sessions_changed == 40
         assert_exact(store, srv, slug)
         _assert_attributed(store, srv, slug, users)
-        # a user listing's watermark followed the feed: the next new session costs one page
+        # a user listing's watermark followed the feed: the next new session costs one page,
+        # and (issue 13) only the users up to its owner, most recently active first, are read
+        newest = {u: max(truth(srv, slug, u).values()) for u in users}
+        rank = sorted(users, key=lambda u: newest[u], reverse=True).index(users[3]) + 1
         srv.create(slug, 2, external_user_id=users[3])
         srv.clear_log()
         summary = run(srv, store, users=users)
-        assert list_requests(srv) == 1 + len(users) and summary.sessions_new == 2
+        assert list_requests(srv) == 1 + rank and summary.sessions_new == 2
+        assert summary.listings_skipped == len(users) - rank
         _assert_attributed(store, srv, slug, users)
 
 

@@ -10,6 +10,7 @@ with ``TimeZone='UTC'``, so values come back tz-aware UTC. The modules behind th
 - ``_runs``: the run ledger and every listing's sync state;
 - ``_messages``: Get Session answers and what is still pending;
 - ``_questions``: Export Analytics rows (exported questions) and the ledger of exports;
+- ``_unattributed``: the attribution queue (sessions no user listing attributed yet);
 - ``_overview``: counts, extremes and the last run of one guru.
 
 Every write method is one transaction: a crash or an exception at any point leaves the cache
@@ -56,6 +57,7 @@ from ._schema import (
     SCHEMA_V2,
     SCHEMA_V3,
     SCHEMA_V4,
+    SCHEMA_V5,
     SCHEMA_VERSION,
     Migration,
     check_migrations,
@@ -71,6 +73,7 @@ from ._sessions import (
     PageWrite,
     Sessions,
 )
+from ._unattributed import Unattributed
 
 if TYPE_CHECKING:
     from ..wire import QuestionExport
@@ -93,6 +96,7 @@ __all__ = [
     "SCHEMA_V2",
     "SCHEMA_V3",
     "SCHEMA_V4",
+    "SCHEMA_V5",
     "SCHEMA_VERSION",
     "UNATTRIBUTED",
     "UNSET",
@@ -150,6 +154,7 @@ class Store:
         self._runs = RunLedger(self._db, clock)
         self._messages = Messages(self._db)
         self._questions = Questions(self._db)
+        self._unattributed = Unattributed(self._db)
         self._overview = Overview(self._db, self._runs)
 
     # --- the file -----------------------------------------------------------------------
@@ -377,6 +382,33 @@ class Store:
     def last_question_export(self, guru: str) -> QuestionExportRecord | None:
         """The newest question export of ``guru`` (None before the first)."""
         return self._questions.last_question_export(guru)
+
+    # --- the attribution queue (issue 13) -----------------------------------------------
+
+    def pending_attribution(
+        self, guru: str, moved_since: datetime | None = None
+    ) -> list[tuple[str, datetime]]:
+        """Sessions queued for the attribution sweep and still unattributed, newest first:
+        ``(id, cached last_used)``; with ``moved_since`` every live unattributed session with a
+        later ``last_used``, queued or not. See ``_unattributed``."""
+        return self._unattributed.pending(guru, moved_since)
+
+    def unattributed_counts(self, guru: str) -> dict[str, int]:
+        """How many sessions are ``pending`` and ``proven`` unattributed."""
+        return self._unattributed.counts(guru)
+
+    def settle_attribution(self, guru: str, proven: Sequence[str], at: datetime) -> None:
+        """Drop attributed sessions from the queue and mark ``proven`` ones (one transaction)."""
+        self._unattributed.settle(guru, proven, at)
+
+    def requeue_unattributed(self, guru: str, checked_before: datetime) -> int:
+        """Proven-unattributed sessions checked before ``checked_before`` that moved since
+        go back to pending; returns how many."""
+        return self._unattributed.requeue_changed(guru, checked_before)
+
+    def user_activity(self, guru: str, users: Sequence[str]) -> dict[str, datetime]:
+        """The newest cached ``last_used`` attributed to each of ``users`` (absent: none)."""
+        return self._unattributed.user_activity(guru, users)
 
     # --- overview -----------------------------------------------------------------------
 

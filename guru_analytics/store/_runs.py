@@ -38,6 +38,7 @@ RUN_COUNTS = (
     "sessions_deleted",
     "messages_fetched",
     "messages_remaining",
+    "listings_skipped",
 )
 
 STATE_FIELDS = (

@@ -19,6 +19,11 @@ Tables (schema version ``SCHEMA_VERSION``):
   the pass in progress, so an interrupted sync resumes.
 - (v4) ``questions`` / ``question_exports``: rows of Export Analytics (every question of an
   interval in one request) and the ledger of exports; see ``_questions``.
+- (v5) ``unattributed``: sessions no user listing has attributed yet, per guru: ``pending``
+  (new in the guru-wide listing, not yet swept through the given users' listings) or
+  ``proven`` (the last sweep read every given user's listing deep enough and none showed
+  it), with ``checked_at``; and ``sync_runs.listings_skipped`` (user listings a run did not
+  read because the guru-wide listing proved them idle). See ``_unattributed``.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from ..errors import CacheSchemaError, ConfigError
 from ..interrupts import is_interrupt
 from ._connection import first_row, one_line
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 SCHEMA_V1 = """
@@ -224,6 +229,18 @@ CREATE TABLE IF NOT EXISTS question_exports (
 );
 """
 
+# v5 (issue 13): the attribution queue of the guru-wide change feed; see ``_unattributed``.
+SCHEMA_V5 = """
+CREATE TABLE IF NOT EXISTS unattributed (
+    guru VARCHAR NOT NULL,
+    id VARCHAR NOT NULL,
+    state VARCHAR NOT NULL,
+    checked_at TIMESTAMPTZ,
+    PRIMARY KEY (guru, id)
+);
+ALTER TABLE sync_runs ADD COLUMN listings_skipped INTEGER DEFAULT 0;
+"""
+
 Migration = tuple[int, "str | Callable[[duckdb.DuckDBPyConnection], None]"]
 """``(version, step)``: ``step`` is SQL text (may hold several statements) or a callable
 taking the open connection. Each step runs in its own transaction together with the
@@ -234,6 +251,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     (2, SCHEMA_V2),
     (3, SCHEMA_V3),
     (4, SCHEMA_V4),
+    (5, SCHEMA_V5),
 )
 
 LISTING_COLUMNS = (

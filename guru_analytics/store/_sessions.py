@@ -30,6 +30,7 @@ from ..errors import ConfigError
 from ._connection import Database, count, first_row
 from ._runs import state_statement
 from ._schema import LISTING_COLUMNS, LISTING_FINGERPRINT_SQL, LISTING_TEXT, listing_fingerprint
+from ._unattributed import queue
 from ._validate import (
     as_utc,
     check_guru,
@@ -209,10 +210,13 @@ class ListedRow(Protocol):
 @dataclass(frozen=True)
 class ListedPage:
     """One listing page for ``Store.write_pages``: its rows in server order, and the external
-    user whose filtered listing it came from (None: guru-wide or search)."""
+    user whose filtered listing it came from (None: guru-wide or search). ``queue_new``: the
+    sessions this page stores for the first time join the attribution queue (``_unattributed``)
+    in the same transaction."""
 
     rows: Sequence[ListedRow]
     external_user_id: str | None = None
+    queue_new: bool = False
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -655,7 +659,8 @@ class Sessions:
             for listing, fields in (state or {}).items()
         ]
         what = f"writing {len(rows)} page(s) of {n} sessions for guru {guru!r}"
-        return self._write(what, guru, rows, seen_at, updates)
+        queued = [page.queue_new for page in pages]
+        return self._write(what, guru, rows, seen_at, updates, queued)
 
     def write_page(
         self,
@@ -690,11 +695,14 @@ class Sessions:
         pages: list[tuple[list[_Row], str | None]],
         seen: datetime,
         updates: list[tuple[str, list[Any]]],
+        queued: Sequence[bool] = (),
     ) -> list[PageWrite]:
         for checked in (False, True):
             try:
                 with self._db.transaction(what) as conn:
                     written = write_batch(conn, guru, pages, seen, checked=checked)
+                    new = [sid for w, q in zip(written, queued, strict=False) if q for sid in w.new_ids]
+                    queue(conn, guru, new)
                     for sql, params in updates:
                         conn.execute(sql, params)
                 return written

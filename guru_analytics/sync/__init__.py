@@ -28,6 +28,12 @@ get one Get Session each (newest first, at most ``max_requests`` requests).
 With ``questions=True`` (after the listings, before messages) one Export Analytics request
 stores every question since the last export (``sync_questions``), committed at once.
 
+The package, by responsibility: ``_listings`` (the listings, the users file, the page batch),
+``_users`` (the attribution sweep: the guru-wide listing as the change feed, issue 13),
+``_phases`` (the questions export and Get Session answers), ``_summary`` (``SyncSummary``);
+this module holds the engine (``_Syncer``: passes, top-ups, deletions, messages) and the entry
+points. Every public name is importable from ``guru_analytics.sync``.
+
 Progress reaches callers through ``on_progress`` (``progress.SyncProgress``, see the contract
 there) and pre-wait flushing through the limiter's observers; the tqdm bar is one consumer.
 """
@@ -35,45 +41,71 @@ there) and pre-wait flushing through the limiter's observers; the tqdm bar is on
 from __future__ import annotations
 
 import dataclasses
-import html
-import json
 import logging
 import os
-import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from pathlib import Path
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pandas as pd
 
-from .errors import ConfigError, GuruAnalyticsError, NotFoundError
-from .interrupts import is_interrupt, sigint_held_off
-from .paging import DEFAULT_TIE_REREAD_BUDGET, PageView, Pass, Row, is_suspect
-from .progress import ProgressCallback, ProgressEstimator, TqdmProgress, bar_wanted
-from .store import LISTING_COLUMNS, MESSAGE_COLUMNS, ListedPage, SyncState
-from .timestamps import utc_now
-from .wire import export_range
+from ..errors import ConfigError, GuruAnalyticsError, NotFoundError
+from ..interrupts import is_interrupt, sigint_held_off
+from ..paging import DEFAULT_TIE_REREAD_BUDGET, PageView, Pass, Row, is_suspect
+from ..progress import ProgressCallback, ProgressEstimator, TqdmProgress, bar_wanted
+from ..store import LISTING_COLUMNS, ListedPage, SyncState
+from ..timestamps import utc_now
+from ._listings import (
+    BATCH_PAGES,
+    BATCH_SECONDS,
+    MAX_USERS_FILE_BYTES,
+    YIELD_EVERY,
+    Listing,
+    _PageBatch,
+    listings_for,
+    read_users_file,
+)
+from ._phases import (
+    EXPORT_OVERLAP,
+    QUESTION_INTERVALS,
+    _Answers,
+    message_frame,
+    question_interval,
+    sync_questions,
+)
+from ._summary import SyncSummary, _listing_label
+from ._users import RECHECK_AFTER, RECHECK_CHOICES, Sweep, check_recheck, users_in_step
+
+__all__ = [
+    "BATCH_PAGES",
+    "BATCH_SECONDS",
+    "EXPORT_OVERLAP",
+    "MAX_USERS_FILE_BYTES",
+    "QUESTION_INTERVALS",
+    "RECHECK_CHOICES",
+    "YIELD_EVERY",
+    "Listing",
+    "SyncSummary",
+    "listings_for",
+    "message_frame",
+    "question_interval",
+    "read_users_file",
+    "sync",
+    "sync_guru",
+    "sync_questions",
+]
 
 if TYPE_CHECKING:
-    from .client import Conversation, GurubaseClient, Message
-    from .store import QuestionWrite, Store
+    from ..client import Conversation, GurubaseClient, Page
+    from ..store import Store
 
 _log = logging.getLogger("guru_analytics.sync")
 
 # Waits longer than this release the cache file first, so other processes can read it.
 RELEASE_BEFORE_WAIT = 1.0
-# Listing pages are committed this many to a transaction, or once the oldest buffered page is
-# this old, whichever comes first (and always before any wait). A transaction costs a few ms
-# whatever its size, so one per page dominated an unthrottled sync (measured in
-# benchmarks/throughput.py; 50 pages = 1,500 sessions, a fraction of a second of work).
-BATCH_PAGES = 50
-BATCH_SECONDS = 0.25
-# An unthrottled sync yields the cache file this often, so a reader gets in within seconds.
-YIELD_EVERY = 3.0
 # DuckDB settings of the sync's connection. One thread: a page batch is small, and every extra
 # thread keeps its own buffers (measured: ~40 MB less peak RSS at 100k sessions, about the same
 # speed). No memory_limit: DuckDB keeps a table's ART indexes resident and cannot evict them,
@@ -96,267 +128,6 @@ MESSAGE_BATCH = 50
 ODD_IDS_KEPT = 10_000
 
 
-# --- the summary ----------------------------------------------------------------------------
-
-
-@dataclass
-class SyncSummary:
-    """What one ``sync()`` did; ``str()`` renders a small table."""
-
-    guru: str
-    mode: str
-    listings: list[str]
-    requests: int = 0
-    throttled: int = 0
-    retries: int = 0
-    pages: int = 0
-    sessions_new: int = 0
-    sessions_changed: int = 0
-    sessions_deleted: int = 0
-    tie_rereads: int = 0
-    top_ups: int = 0
-    verified: int = 0
-    unverified: int = 0
-    messages_fetched: int = 0
-    messages_remaining: int = 0
-    questions_exported: int = 0
-    questions_new: int = 0
-    seconds: float = 0.0
-    outcome: str = "running"
-    run_id: int | None = None
-    notes: list[str] = field(default_factory=list)
-
-    def _rows(self) -> list[tuple[str, str]]:
-        rows = [
-            ("listings", _listings_text(self.listings)),
-            (
-                "requests",
-                f"{self.requests} (pages {self.pages}, tie re-reads {self.tie_rereads}, "
-                f"top-ups {self.top_ups}; 429s {self.throttled}, retries {self.retries})",
-            ),
-            (
-                "sessions",
-                f"{self.sessions_new} new, {self.sessions_changed} changed, "
-                f"{self.sessions_deleted} deleted",
-            ),
-            ("verified", f"{self.verified} kept by Get Session, {self.unverified} unverified"),
-            (
-                "messages",
-                f"{self.messages_fetched} sessions fetched, {self.messages_remaining} remaining",
-            ),
-        ]
-        if self._questions_shown():
-            rows.append(
-                ("questions", f"{self.questions_exported} exported, {self.questions_new} new")
-            )
-        return rows
-
-    def _questions_shown(self) -> bool:
-        return bool(self.questions_exported or self.questions_new)
-
-    def _head(self) -> str:
-        run = f"run {self.run_id}" if self.run_id is not None else "no run"
-        return f"sync {self.guru}: {self.mode}, {self.outcome} ({run}, {self.seconds:.1f} s)"
-
-    def __str__(self) -> str:
-        rows = self._rows()
-        width = max(len(k) for k, _ in rows)
-        lines = [self._head(), *(f"  {k:<{width}}  {v}" for k, v in rows)]
-        lines += [f"  note: {n}" for n in self.notes]
-        return "\n".join(lines)
-
-    def __repr__(self) -> str:
-        """One line (a notebook cell ending in ``g.sync()`` shows this, not a field dump)."""
-        notes = f", {len(self.notes)} note(s)" if self.notes else ""
-        questions = f", {self.questions_new} new questions" if self._questions_shown() else ""
-        return (
-            f"<SyncSummary {self.guru}: {self.mode}, {self.outcome}, {self.requests} requests, "
-            f"{self.sessions_new} new, {self.sessions_changed} changed, "
-            f"{self.sessions_deleted} deleted{questions}{notes}>"
-        )
-
-    def _repr_html_(self) -> str:
-        """A small table for Jupyter."""
-        cell = "<tr><th style='text-align:left'>{}</th><td style='text-align:left'>{}</td></tr>"
-        body = "".join(cell.format(html.escape(k), html.escape(v)) for k, v in self._rows())
-        body += "".join(cell.format("note", html.escape(n)) for n in self.notes)
-        return f"<table><caption>{html.escape(self._head())}</caption>{body}</table>"
-
-
-def _listing_label(key: str) -> str:
-    return "guru-wide" if key == "" else key
-
-
-def _listings_text(keys: Sequence[str], shown: int = 4) -> str:
-    """Name a few listings and count the rest, so 50 users stay one readable line."""
-    labels = [_listing_label(k) for k in keys]
-    if len(labels) <= shown:
-        return ", ".join(labels)
-    return f"{', '.join(labels[:shown])} and {len(labels) - shown} more ({len(labels)} listings)"
-
-
-# --- listings -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Listing:
-    """One filtered view of a guru's sessions, with its own watermark in ``sync_state``."""
-
-    key: str
-    external_user_id: str | None = None
-    search_query: str = ""
-
-    @property
-    def guru_wide(self) -> bool:
-        return self.external_user_id is None and not self.search_query
-
-
-def listings_for(
-    users: Iterable[str] | None, search: str | None, *, guru_wide: bool = False
-) -> list[Listing]:
-    """The listings a sync walks, narrowed by search: the guru-wide one first when
-    ``guru_wide`` (or when ``users`` is None), then one per user."""
-    query = _check_search(search)
-    tail = f"search:{query}" if query else ""
-    if users is None:
-        return [Listing(tail, None, query)]
-    if isinstance(users, str):
-        raise ConfigError("users must be a list of external user ids, not one string")
-    out: list[Listing] = [Listing(tail, None, query)] if guru_wide else []
-    seen: set[str] = set()
-    for user in users:
-        if not isinstance(user, str) or not user.strip():
-            raise ConfigError(f"external user id {user!r} is not valid: use a non-empty string")
-        user = user.strip()
-        if user in seen:
-            continue
-        seen.add(user)
-        key = f"user:{user}" + (f"|{tail}" if tail else "")
-        out.append(Listing(key, user, query))
-    if not out:
-        raise ConfigError("users is empty: pass at least one external user id, or users=None")
-    return out
-
-
-def _check_search(search: str | None) -> str:
-    if search is None:
-        return ""
-    if not isinstance(search, str):
-        raise ConfigError(f"search {search!r} is not valid: pass a string")
-    return search.strip()  # the API strips it too
-
-
-# A users file larger than this is refused: at 10 requests a minute even 1 MiB of ids is more
-# listings than a day of syncing can read, and /dev/zero or a huge file must not fill memory.
-MAX_USERS_FILE_BYTES = 4 * 1024 * 1024
-
-
-def read_users_file(path: str | Path) -> list[str]:
-    """External user ids from a file: one per line, blank lines and ``#`` comments ignored.
-
-    Only a regular file of at most ``MAX_USERS_FILE_BYTES`` (checked before opening, so a
-    FIFO or a device is never read)."""
-    p = Path(path)
-    try:
-        if not stat.S_ISREG(p.stat().st_mode):
-            raise ConfigError(
-                f"users file {str(p)!r} is not a regular file: pass a text file with one "
-                "user id per line"
-            )
-        with p.open("rb") as fh:
-            data = fh.read(MAX_USERS_FILE_BYTES + 1)
-        if len(data) > MAX_USERS_FILE_BYTES:
-            raise ConfigError(
-                f"users file {str(p)!r} is larger than {MAX_USERS_FILE_BYTES // 1024 // 1024} "
-                "MiB: pass a file of user ids, one per line, or split it over several syncs"
-            )
-        text = data.decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"users file {str(p)!r} not found: check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"users file {str(p)!r} cannot be read ({type(exc).__name__})") from None
-    users = []
-    for line in text.splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            users.append(line)
-    if not users:
-        raise ConfigError(f"users file {str(p)!r} holds no user ids: one id per line")
-    return users
-
-
-# --- batching pages into transactions -------------------------------------------------------
-
-
-class _PageBatch:
-    """Pages read but not yet written, with the pass state they carry (see ``BATCH_PAGES``).
-
-    ``flush()`` writes them and the state in one transaction. The sync flushes when the
-    batch is due, before every wait (so a throttled sync commits each page before sleeping),
-    at the end of each listing and on errors; every ``YIELD_EVERY`` seconds of holding the
-    file it also yields it, so a reader started during a fast sync gets in.
-    """
-
-    def __init__(
-        self,
-        store: Store,
-        guru: str,
-        clock: Callable[[], datetime],
-        monotonic: Callable[[], float],
-        summary: SyncSummary,
-    ) -> None:
-        self.store = store
-        self.guru = guru
-        self.clock = clock
-        self.monotonic = monotonic
-        self.summary = summary
-        self.pages: list[ListedPage] = []
-        self.state: dict[str, dict[str, Any]] = {}
-        self.first: float | None = None  # when the oldest buffered page arrived
-        self.held_since: float | None = None  # when the file was last taken (None: released)
-
-    def add(self, listing: str, page: ListedPage | None, **state: Any) -> None:
-        if self.first is None:
-            self.first = self.monotonic()
-        if page is not None and page.rows:
-            self.pages.append(page)
-        if state:
-            self.state.setdefault(listing, {}).update(state)
-
-    def due(self) -> bool:
-        return self.first is not None and (
-            len(self.pages) >= BATCH_PAGES or self.monotonic() - self.first >= BATCH_SECONDS
-        )
-
-    def flush(self) -> None:
-        """Write what is buffered (the buffer is emptied first: pages a failed write loses
-        are read again by the resume), then yield the file if it was held long enough."""
-        if self.first is None:
-            return
-        pages, state = self.pages, self.state
-        self.pages, self.state, self.first = [], {}, None
-        written = self.store.write_pages(self.guru, pages, self.clock(), state)
-        self.summary.sessions_new += sum(w.new for w in written)
-        self.summary.sessions_changed += sum(w.changed for w in written)
-        now = self.monotonic()
-        if self.held_since is None:
-            self.held_since = now
-        elif now - self.held_since >= YIELD_EVERY:
-            self.store.yield_file()
-            self.held_since = None
-
-    def released(self) -> None:
-        """The file was released (before a wait): the hold starts again at the next write."""
-        self.held_since = None
-
-    def flush_after_error(self) -> None:
-        """Keep what was read when the sync fails; the first error is the one raised."""
-        try:
-            self.flush()
-        except GuruAnalyticsError as exc:
-            _log.warning("could not store the last pages read after an error: %s", exc)
-
-
 # --- progress -------------------------------------------------------------------------------
 
 
@@ -368,6 +139,15 @@ class _Plan:
     listing: Listing
     mode: str  # 'full' | 'incremental' | 'resume'
     state: SyncState | None
+
+
+@dataclass
+class _Deferred:
+    """The guru-wide main pass whose top-up waits for the end of the run (one for all)."""
+
+    plan: _Plan
+    main: Pass
+    started_at: datetime
 
 
 class _CachedRow(NamedTuple):
@@ -432,6 +212,10 @@ class _Syncer:
         self.answers = _Answers(store, guru)
         self.suspect = _OddIds()  # listed with a last_used that cannot be true
         self.repaired = _OddIds()  # listed with undecodable text, stored repaired
+        self.queue_feed = False  # guru-wide pages queue new sessions for attribution
+        self.deferred: _Deferred | None = None  # the guru-wide top-up left for the run's end
+        self.top_up_owed = False  # a user listing skipped its own top-up
+        self.owed: list[str] = []  # user listings whose completion waits for the run's end
 
     # --- bookkeeping ---
 
@@ -456,7 +240,7 @@ class _Syncer:
 
     # --- one listing ---
 
-    def run_listing(self, plan: _Plan) -> datetime | None:
+    def run_listing(self, plan: _Plan, *, defer_top_up: bool = False) -> datetime | None:
         """Read one listing (see the module docstring); returns its committed watermark."""
         listing, state = plan.listing, plan.state
         key = listing.key
@@ -483,9 +267,56 @@ class _Syncer:
             pass_next_page=main.start_page,
         )
         self._walk(main, listing, save=True)
+        if defer_top_up and plan.mode != "resume":
+            # one top-up for the whole run, after the user listings (``finish_top_up``)
+            passes = [main]
+            if listing.guru_wide:
+                self.deferred = _Deferred(plan, main, started_at)
+            elif main.stats.requests > 1:
+                self.top_up_owed = True
+        else:
+            passes = self._top_ups(main, listing, resumed=plan.mode == "resume")
+        newest = [p.max_seen for p in passes if p.max_seen is not None]
+        if pass_mode == "incremental" and watermark is not None:
+            newest.append(watermark)  # never move an incremental watermark back
+        self.batch.flush()  # deletions are judged against every row written
+        if plan.mode == "full" and listing.guru_wide and self.deferred is None:
+            self._mark_deletions(main, started_at)
+        elif plan.mode == "resume" and listing.guru_wide and pass_mode == "full":
+            self.summary.notes.append(
+                "resumed an interrupted full pass: deletions are not marked this time "
+                "(run --full again to mark them)"
+            )
+        committed = max(newest) if newest else None
+        # A user listing read without its own top-up is complete only once the run's top-up
+        # and sweep are (``complete_owed``): killed before that, it is read again next run.
+        owed = defer_top_up and plan.mode != "resume" and not listing.guru_wide
+        if owed:
+            self.owed.append(key)
+        finished = {} if owed else {"completed_at": self.clock()}
+        self.batch.add(
+            key,
+            None,
+            watermark=committed,
+            **finished,
+            pass_mode=None,
+            pass_started_at=None,
+            pass_top=None,
+            pass_next_page=None,
+        )
+        self.batch.flush()
+        self.progress.end_listing()
+        return committed
+
+    def _top_ups(
+        self, main: Pass, listing: Listing, *, resumed: bool, force: bool = False
+    ) -> list[Pass]:
+        """Re-read page 1 down to the previous pass's top while that pass took more than one
+        request (a resumed or ``force``d pass always gets one); returns every pass."""
+        key = listing.key
         passes = [main]
         prev = main
-        while (prev.stats.requests > 1 or prev is main and plan.mode == "resume") and (
+        while (prev.stats.requests > 1 or prev is main and (resumed or force)) and (
             prev.top is not None
         ):
             if len(passes) > self.max_top_ups:
@@ -499,34 +330,45 @@ class _Syncer:
             self.summary.top_ups += 1
             passes.append(top_up)
             prev = top_up
-        newest = [p.max_seen for p in passes if p.max_seen is not None]
-        if pass_mode == "incremental" and watermark is not None:
-            newest.append(watermark)  # never move an incremental watermark back
-        self.batch.flush()  # deletions are judged against every row written
-        if plan.mode == "full" and listing.guru_wide:
-            self._mark_deletions(main, started_at)
-        elif plan.mode == "resume" and listing.guru_wide and pass_mode == "full":
-            self.summary.notes.append(
-                "resumed an interrupted full pass: deletions are not marked this time "
-                "(run --full again to mark them)"
-            )
-        committed = max(newest) if newest else None
-        self.batch.add(
-            key,
-            None,
-            watermark=committed,
-            completed_at=self.clock(),
-            pass_mode=None,
-            pass_started_at=None,
-            pass_top=None,
-            pass_next_page=None,
-        )
+        return passes
+
+    def finish_top_up(self) -> datetime | None:
+        """The run's one deferred top-up of the guru-wide listing: page 1 down to its main
+        pass's top, when that pass or a user listing took more than one request (sessions
+        touched or created meanwhile sit above it). Then deletions (a full pass) and the
+        watermark. Returns the main pass's top: cached sessions at or above it changed
+        during the run, so a user listing read earlier may have missed them."""
+        d = self.deferred
+        self.deferred = None
+        if d is None:
+            return None
+        listing = d.plan.listing
+        force = d.main.stats.requests > 1 or self.top_up_owed
+        self.progress.start_listing(_listing_label(listing.key))
+        passes = self._top_ups(d.main, listing, resumed=False, force=force)
         self.batch.flush()
+        if d.plan.mode == "full":
+            self._mark_deletions(d.main, d.started_at)
+        newest = [p.max_seen for p in passes[1:] if p.max_seen is not None]
+        state = self.store.get_state(self.guru, listing.key)
+        if state is not None and state.watermark is not None:
+            newest.append(state.watermark)
+        if newest:
+            self.batch.add(listing.key, None, watermark=max(newest))
+            self.batch.flush()
         self.progress.end_listing()
-        return committed
+        return d.main.top if len(passes) > 1 else None
+
+    def complete_owed(self) -> None:
+        """The run's top-up and sweep are done: the user listings read without their own
+        top-up are complete now (they count as in step from here on)."""
+        for key in self.owed:
+            self.batch.add(key, None, completed_at=self.clock())
+        self.owed = []
+        self.batch.flush()
 
     def skip_listing(self, plan: _Plan, feed_watermark: datetime | None) -> None:
-        """A user listing with nothing to attribute (see ``_users_to_skip``): no request; its
+        """A user listing with nothing to attribute (see ``_users.Sweep``): no request; its
         watermark moves up to the guru-wide one, which already covers its sessions."""
         assert plan.state is not None
         marks = [w for w in (plan.state.watermark, feed_watermark) if w is not None]
@@ -548,9 +390,21 @@ class _Syncer:
             remember_ids=False,
         )
 
-    def _walk(self, p: Pass, listing: Listing, *, save: bool) -> None:
-        """Drive one pass: fetch, buffer (with the pass's position), feed, flush when due."""
+    def _walk(
+        self,
+        p: Pass,
+        listing: Listing,
+        *,
+        save: bool,
+        after_page: Callable[[Page], bool] | None = None,
+    ) -> None:
+        """Drive one pass: fetch, buffer (with the pass's position), feed, flush when due.
+
+        ``after_page(page)`` True ends the pass early (the attribution sweep found what it
+        was looking for). Guru-wide pages of a sync with users queue their new sessions for
+        attribution (``queue_new``)."""
         user = listing.external_user_id
+        queue_new = self.queue_feed and listing.guru_wide
         while (n := p.next_page()) is not None:
             page = self.client.list_sessions(
                 self.guru,
@@ -567,7 +421,7 @@ class _Syncer:
                     self.repaired.add(s.id)
             p.feed(PageView(page.page_num, page.has_more, rows))
             state = {"pass_top": p.top, "pass_next_page": p.resume_page} if save else {}
-            self.batch.add(listing.key, ListedPage(page.sessions, user), **state)
+            self.batch.add(listing.key, ListedPage(page.sessions, user, queue_new), **state)
             if self.batch.due() or (save and p.stats.requests == 1):
                 self.batch.flush()  # a pass's first page at once: its position is on disk
             self.summary.pages += 1
@@ -575,6 +429,8 @@ class _Syncer:
             self.progress.sessions += len(page.sessions)
             self.refresh_counts()
             self.progress.emit("listing")
+            if after_page is not None and after_page(page):
+                break
         self.summary.tie_rereads += p.stats.tie_rereads
         if p.stats.ties_unresolved:
             self.summary.notes.append(
@@ -741,98 +597,6 @@ def _to_datetime(value: Any) -> datetime:
     return ts.tz_convert("UTC").to_pydatetime()
 
 
-# --- frames for the store (Get Session answers) ---------------------------------------------
-
-
-def message_frame(conv: Conversation | None) -> pd.DataFrame:
-    """The store's messages frame for one Get Session answer (empty for None)."""
-    msgs = conv.messages if conv is not None else []
-    return _messages_frame(msgs).drop(columns="session_id")
-
-
-def _messages_frame(msgs: Sequence[Message], session_ids: Sequence[str] = ()) -> pd.DataFrame:
-    """Messages of one or more answers as the store's frame, ``session_id`` first."""
-    frame = pd.DataFrame(
-        {
-            "session_id": pd.Series(session_ids or [""] * len(msgs), dtype="str"),
-            "id": pd.Series([m.id for m in msgs], dtype="str"),
-            "slug": pd.Series([m.slug for m in msgs], dtype="object"),
-            "parent_slug": pd.Series([m.parent_slug for m in msgs], dtype="object"),
-            "question": pd.Series([m.question for m in msgs], dtype="object"),
-            "user_question": pd.Series([m.user_question for m in msgs], dtype="object"),
-            "date_created": pd.to_datetime(
-                pd.Series([m.date_created for m in msgs], dtype="object"), utc=True
-            ),
-            "date_updated": pd.to_datetime(
-                pd.Series([m.date_updated for m in msgs], dtype="object"), utc=True
-            ),
-            "source": pd.Series([m.source for m in msgs], dtype="object"),
-            "trust_score": pd.Series([m.trust_score for m in msgs], dtype="Int64"),
-            "user_vote": pd.Series([m.user_vote for m in msgs], dtype="object"),
-            "answer": pd.Series([m.answer for m in msgs], dtype="object"),
-            "n_references": pd.Series([m.n_references for m in msgs], dtype="Int64"),
-            "extra": pd.Series(
-                [json.dumps(m.extra, sort_keys=True) if m.extra else None for m in msgs],
-                dtype="object",
-            ),
-        },
-        columns=["session_id", *MESSAGE_COLUMNS],
-    )
-    return frame
-
-
-class _Answers:
-    """Get Session answers fetched but not yet written (see ``MESSAGE_BATCH``)."""
-
-    def __init__(self, store: Store, guru: str) -> None:
-        self.store = store
-        self.guru = guru
-        self._fetches: list[tuple[str, str, datetime, datetime, datetime | None]] = []
-        self._messages: list[Message] = []
-        self._message_sessions: list[str] = []
-
-    def __len__(self) -> int:
-        return len(self._fetches)
-
-    def add(
-        self,
-        sid: str,
-        conv: Conversation | None,
-        fetched_last_used: datetime,
-        fetched_at: datetime,
-    ) -> None:
-        """Buffer one answer: ``conv`` None is a 404 (the session is gone upstream)."""
-        if conv is None:
-            self._fetches.append((sid, "not_found", fetched_last_used, fetched_at, None))
-            return
-        self._fetches.append((sid, "ok", fetched_last_used, fetched_at, conv.date_created))
-        self._messages.extend(conv.messages)
-        self._message_sessions.extend([sid] * len(conv.messages))
-
-    def flush(self) -> None:
-        """Write the buffered answers in one transaction. The buffer is emptied first: answers
-        a failed write loses stay pending in the cache and are fetched again."""
-        if not self._fetches:
-            return
-        fetches, msgs, sessions = self._fetches, self._messages, self._message_sessions
-        self._fetches, self._messages, self._message_sessions = [], [], []
-        sid, status, last_used, at, created = zip(*fetches, strict=True)
-        frame = pd.DataFrame(
-            {
-                "session_id": pd.Series(sid, dtype="str"),
-                "status": pd.Series(status, dtype="str"),
-                "fetched_last_used": _utc_times(last_used),
-                "fetched_at": _utc_times(at),
-                "date_created": _utc_times(created),
-            }
-        )
-        self.store.write_conversations(self.guru, frame, _messages_frame(msgs, sessions))
-
-
-def _utc_times(values: Sequence[datetime | None]) -> pd.Series:
-    return pd.to_datetime(pd.Series(values, dtype="object"), utc=True)
-
-
 # --- entry points ---------------------------------------------------------------------------
 
 
@@ -855,6 +619,7 @@ def sync(
     tie_reread_budget: int = DEFAULT_TIE_REREAD_BUDGET,
     max_top_ups: int = DEFAULT_MAX_TOP_UPS,
     monotonic: Callable[[], float] = time.monotonic,
+    recheck_unattributed: str = "full",
 ) -> SyncSummary:
     """Bring the cache up to date with the guru's listings; see the module docstring.
 
@@ -885,6 +650,7 @@ def sync(
         raise ConfigError("on_progress must be a callable taking a SyncProgress, or None")
     if users is None and not guru_wide:
         raise ConfigError("nothing to sync: pass users=[...] or keep guru_wide=True")
+    recheck = check_recheck(recheck_unattributed)
     listings = listings_for(users, search, guru_wide=guru_wide)
     plans = [_plan(store, guru, listing, full, clock) for listing in listings]
     modes = {p.mode for p in plans}
@@ -931,28 +697,46 @@ def sync(
         else nullcontext()
     )
     error: str | None = None
-    skip: list[_Plan] = []  # user listings with nothing to attribute (after the guru-wide one)
-    feed: datetime | None = None  # the guru-wide watermark this run committed
+    feed_plan = plans[0] if plans[0].listing.guru_wide else None
+    # users the attribution sweep handles (judged on the state before this run); see _users
+    in_step = users_in_step(feed_plan, plans)
+    with_users = feed_plan is not None and any(
+        p.listing.external_user_id is not None for p in plans
+    )
+    syncer.queue_feed = with_users
+    # one top-up for the whole run (after the user listings), unless the guru-wide pass resumes
+    defer = with_users and feed_plan is not None and feed_plan.mode != "resume"
     try:
         with store.capped(**SYNC_SETTINGS), store.waiting_for_readers(), observing:
             try:
-                skipped = 0
+                feed: datetime | None = None  # the guru-wide watermark this run committed
                 for plan in plans:
-                    if plan in skip:
-                        syncer.skip_listing(plan, feed)
-                        skipped += 1
+                    if plan in in_step:
                         continue
-                    new_before = summary.sessions_new
-                    watermark = syncer.run_listing(plan)
-                    if plan.listing.guru_wide:
+                    watermark = syncer.run_listing(plan, defer_top_up=defer)
+                    if plan is feed_plan:
                         feed = watermark
-                        if summary.sessions_new == new_before:
-                            skip = _users_to_skip(plan, plans)
-                if skipped:
-                    summary.notes.append(
-                        f"skipped {skipped} user listing(s) at no request: the guru-wide listing "
-                        "showed no new session, so there was nothing to attribute"
-                    )
+                        if with_users and recheck == "daily" and not full:
+                            store.requeue_unattributed(guru, clock() - RECHECK_AFTER)
+                if in_step:
+                    Sweep(syncer, in_step, feed).run()
+                moved_since = syncer.finish_top_up()
+                if with_users and moved_since is not None:
+                    # sessions touched or created during the run: a user listing read before
+                    # may have missed them; sweep the users read this run for them
+                    read = [p for p in plans if p.listing.external_user_id is not None]
+                    Sweep(syncer, read, None, since=moved_since).run()
+                syncer.complete_owed()
+                if with_users:
+                    # every given user was read deep enough (or proven idle): what is still
+                    # pending belongs to none of them
+                    left = [sid for sid, _at in store.pending_attribution(guru)]
+                    store.settle_attribution(guru, left, clock())
+                    if left and in_step:
+                        summary.notes.append(
+                            f"{len(left)} new session(s) belong to none of the given users: "
+                            "remembered, so later runs do not sweep for them again"
+                        )
             except BaseException:
                 batch.flush_after_error()
                 raise
@@ -991,32 +775,6 @@ def sync(
                 bar.close()
     reports.emit("done")
     return summary
-
-
-def _users_to_skip(feed: _Plan, plans: Sequence[_Plan]) -> list[_Plan]:
-    """User listings this run need not read: the guru-wide listing is the change feed.
-
-    A session's external user never changes, so a user listing only adds attribution to
-    sessions the cache has never seen. When an incremental guru-wide pass (not a resume: the
-    pages an interrupted pass wrote are no longer new) found no new session, an incremental
-    user listing that completed after the guru-wide one last did (so the run that found the
-    cache's newest sessions also read this user) has nothing to add: every session it could
-    show is cached and attributed. Anything else (``--full``, a user new to the cache, an
-    interrupted pass, a search) is read as before.
-    """
-    if feed.mode != "incremental" or feed.state is None or feed.state.completed_at is None:
-        return []
-    since = feed.state.completed_at
-    return [
-        p
-        for p in plans
-        if p.listing.external_user_id is not None
-        and not p.listing.search_query
-        and p.mode == "incremental"
-        and p.state is not None
-        and p.state.completed_at is not None
-        and p.state.completed_at >= since
-    ]
 
 
 def _plan(
@@ -1089,62 +847,8 @@ def _end_run(store: Store, s: SyncSummary, error: str | None) -> None:
         sessions_deleted=s.sessions_deleted,
         messages_fetched=s.messages_fetched,
         messages_remaining=s.messages_remaining,
+        listings_skipped=s.listings_skipped,
     )
-
-
-# --- questions (issue 15) -----------------------------------------------------------------
-
-QUESTION_INTERVALS = ("today", "7d", "30d", "3m", "6m", "12m")
-"""The intervals ``question_interval`` chooses from, shortest first. ``yesterday`` is never
-chosen: it ends at the last UTC midnight, so it misses today's questions."""
-EXPORT_OVERLAP = timedelta(hours=1)
-"""How far before the last export the next one must start: room for clock skew between this
-machine and the server, and for a question saved a little after its minute. Rows exported
-twice are stored once (``Store.write_questions``), so the overlap costs nothing."""
-
-
-def question_interval(
-    last_export: datetime | None, now: datetime, overlap: timedelta = EXPORT_OVERLAP
-) -> str:
-    """The smallest interval asked at ``now`` that starts at or before ``last_export -
-    overlap`` (so it covers everything since the last export); ``12m`` the first time, and
-    when the last export is older than the 365 days the API keeps (the gap is lost)."""
-    if last_export is None:
-        return "12m"
-    since = last_export - overlap
-    for interval in QUESTION_INTERVALS:
-        if export_range(interval, now)[0] <= since:
-            return interval
-    return "12m"
-
-
-def sync_questions(
-    guru: str,
-    *,
-    client: GurubaseClient,
-    store: Store,
-    clock: Callable[[], datetime] = utc_now,
-    summary: SyncSummary | None = None,
-) -> QuestionWrite:
-    """One Export Analytics request for every question since the last export, stored
-    idempotently in one transaction (``Store.write_questions``); adds ``questions_exported``
-    (rows in the export) and ``questions_new`` to ``summary``, and a note when a gap could not
-    be covered."""
-    last = store.last_question_export(guru)
-    now = clock()
-    interval = question_interval(None if last is None else last.exported_at, now)
-    covers_from = export_range(interval, now)[0]
-    export = client.export_questions(guru, interval)
-    written = store.write_questions(guru, export, now, covers_from=covers_from)
-    if summary is not None:
-        summary.questions_exported += written.questions + written.unanswered
-        summary.questions_new += written.new
-        if last is not None and covers_from > last.exported_at:
-            summary.notes.append(
-                f"questions between {last.exported_at:%Y-%m-%d} and {covers_from:%Y-%m-%d} "
-                "are older than the 12 months Export Analytics covers: they are not stored"
-            )
-    return written
 
 
 def sync_guru(
@@ -1164,8 +868,8 @@ def sync_guru(
     ``api_key``/``base_url`` fall back to ``GURUBASE_API_KEY``/``GURUBASE_BASE_URL``; ``db``
     to ``store.default_cache_path()``. Other keywords go to ``sync()``.
     """
-    from .client import GurubaseClient
-    from .store import Store
+    from ..client import GurubaseClient
+    from ..store import Store
 
     client = GurubaseClient(
         api_key,
