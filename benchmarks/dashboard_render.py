@@ -43,9 +43,10 @@ def main() -> None:
     from guru_analytics import widgets
     from guru_analytics.guru import Guru
 
-    with tempfile.TemporaryDirectory() as tmp, Guru.local(
-        3000, 30, 180, db=Path(tmp) / "cache.duckdb"
-    ) as g:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Guru.local(3000, 30, 180, db=Path(tmp) / "cache.duckdb") as g,
+    ):
         g.sync(progress=False)
         print(
             "| view | render now (s) | + PNG now (s) | render, bars everywhere (s) "

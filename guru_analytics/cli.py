@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import __version__
 from .checks import whole_number_arg
 from .errors import (
     AuthenticationError,
@@ -718,7 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="guru-analytics",
         description="Sync a Gurubase guru's sessions into DuckDB and report on them.",
     )
-    parser.add_argument("--version", action="version", version="%(prog)s 0.1.0")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (add, _cmd) in COMMANDS.items():
         add(sub, name)

@@ -29,6 +29,7 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
+from . import __version__
 from . import retry as _retry
 from . import transport as _transport
 from .errors import (
@@ -60,7 +61,7 @@ from .wire import (
 from .wire import json_type as _json_type
 
 DEFAULT_BASE_URL = "https://api.gurubase.io/api/v1"
-USER_AGENT = "guru-analytics/0.1.0"
+USER_AGENT = f"guru-analytics/{__version__}"
 # How many waits ClientStats remembers (the counters keep counting past it).
 WAIT_LOG_SIZE = 256
 # Seconds one request may take from sending to the last body byte, whatever the per-read

@@ -56,8 +56,7 @@ def notebook(slug: str, db: str, tz: str = "UTC") -> dict[str, Any]:
     """The served notebook (nbformat 4): one cell calling ``page_dashboard``. Arguments are
     written as Python literals (``repr``), so no value can become code."""
     source = (
-        "from guru_analytics.web import page_dashboard\n"
-        f"page_dashboard({slug!r}, {db!r}, {tz!r})"
+        f"from guru_analytics.web import page_dashboard\npage_dashboard({slug!r}, {db!r}, {tz!r})"
     )
     return {
         "nbformat": 4,
@@ -117,9 +116,7 @@ def serve(
     there is no cache and no key to fill one.
     """
     if importlib.util.find_spec("voila") is None:
-        raise ConfigError(
-            "the dashboard page needs Voila: pip install 'guru-analytics[web]'"
-        )
+        raise ConfigError("the dashboard page needs Voila: pip install 'guru-analytics[web]'")
     path = Path(db).expanduser().resolve()
     if not path.is_file() and not os.environ.get("GURUBASE_API_KEY"):
         raise NoDataError(
@@ -133,9 +130,7 @@ def serve(
         nb = Path(tmp) / "dashboard.ipynb"
         nb.write_text(json.dumps(notebook(slug, str(path), tz)), encoding="utf-8")
         with _stop_signals():
-            proc = subprocess.Popen(
-                voila_command(nb, port), cwd=tmp, start_new_session=True
-            )
+            proc = subprocess.Popen(voila_command(nb, port), cwd=tmp, start_new_session=True)
             try:
                 if not _wait_listening(proc, port):
                     code = proc.poll()

@@ -32,7 +32,7 @@ import ipywidgets as widgets
 import pandas as pd
 
 from .errors import ConfigError
-from .timestamps import check_tz, utc_now
+from .timestamps import check_tz, instant, utc_now
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -212,7 +212,7 @@ class DashboardParams:
 
 
 def _local_midnight(day: date, tz: str) -> pd.Timestamp:
-    return pd.Timestamp(datetime(day.year, day.month, day.day), tz=ZoneInfo(tz)).tz_convert("UTC")
+    return instant(datetime(day.year, day.month, day.day, tzinfo=ZoneInfo(tz))).tz_convert("UTC")
 
 
 class DashboardControls:
@@ -516,16 +516,18 @@ def card_period(
     """
     from .frames import bucket_end, complete_until
 
-    lo = params.start_ts if params.start_ts is not None else buckets.min().tz_convert("UTC")
+    lo = (
+        params.start_ts if params.start_ts is not None else instant(buckets.min()).tz_convert("UTC")
+    )
     hi = (
         params.end_ts
         if params.end_ts is not None
-        else bucket_end(buckets.max(), params.freq).tz_convert("UTC")
+        else bucket_end(instant(buckets.max()), params.freq).tz_convert("UTC")
     )
     today = complete_until(now if now is not None else utc_now(), "day", params.tz)
     if lo < today < hi:
         hi = today
-    lo = max(lo, hi - pd.Timedelta(days=CARD_DAYS))
+    lo = max(lo, instant(hi - pd.Timedelta(days=CARD_DAYS)))
     return lo, hi
 
 
@@ -591,6 +593,7 @@ def summary_html(summary: pd.DataFrame, tz: str = "UTC") -> str:
     from .frames import BASIS_MESSAGES
 
     cards = []
+    row: Any  # a pandas row tuple named by the summary's columns
     for row in summary.itertuples(index=False):
         if pd.isna(row.current):
             continue
@@ -609,8 +612,8 @@ def summary_html(summary: pd.DataFrame, tz: str = "UTC") -> str:
     notes = []
     if len(summary):
         first = summary.iloc[0]
-        lo, hi = (pd.Timestamp(first[c]).tz_convert(tz) for c in ("current_start", "current_end"))
-        days = (hi - lo) / pd.Timedelta(days=1)
+        lo, hi = (instant(first[c]).tz_convert(tz) for c in ("current_start", "current_end"))
+        days = (hi - lo).total_seconds() / 86_400
         length = f"{days:.0f} day{'s' if round(days) != 1 else ''}" if days >= 1 else "period"
         notes.append(
             f"Cards: {lo:%Y-%m-%d %H:%M} – {hi:%Y-%m-%d %H:%M} ({html.escape(tz)}), the last "

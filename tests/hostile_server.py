@@ -75,9 +75,9 @@ def page(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
     return {"today": [], "last_week": [], "older": items, "has_more": has_more}
 
 
-def listing(n: int, page_size: int = 30, *, step: timedelta = timedelta(minutes=7)) -> list[
-    dict[str, Any]
-]:
+def listing(
+    n: int, page_size: int = 30, *, step: timedelta = timedelta(minutes=7)
+) -> list[dict[str, Any]]:
     """n sessions, newest first, one ``step`` apart."""
     return [session(i, T0 - i * step) for i in range(n)]
 
@@ -129,8 +129,9 @@ class HostileServer:
         """The ``page_num`` of every List Sessions request so far, in order."""
         with self._lock:
             return [
-                r.body.get("page_num") for r in self.requests if isinstance(r.body, dict)
-                and r.path.endswith("/sessions/")
+                r.body.get("page_num")
+                for r in self.requests
+                if isinstance(r.body, dict) and r.path.endswith("/sessions/")
             ]
 
     def _answer(self, h: BaseHTTPRequestHandler) -> None:

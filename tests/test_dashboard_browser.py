@@ -96,8 +96,18 @@ def served(cache: tuple[Path, str]) -> Iterator[Served]:
     db, slug = cache
     env = {k: v for k, v in os.environ.items() if k != "GURUBASE_API_KEY"}  # no key: read-only
     proc = subprocess.Popen(
-        [sys.executable, "-m", "guru_analytics", "dashboard", slug, "--db", str(db),
-         "--port", "0", "--no-browser"],  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "guru_analytics",
+            "dashboard",
+            slug,
+            "--db",
+            str(db),
+            "--port",
+            "0",
+            "--no-browser",
+        ],  # fmt: skip
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

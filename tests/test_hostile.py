@@ -85,7 +85,9 @@ def assert_key_not_in_cache(db: Path) -> None:
     try:
         runs = store.runs()
         with store.reader() as con:
-            titles = con.execute("SELECT string_agg(root_question_name, '') FROM sessions").fetchone()
+            titles = con.execute(
+                "SELECT string_agg(root_question_name, '') FROM sessions"
+            ).fetchone()
     finally:
         store.close()
     assert not any(KEY in str(e) for e in runs["error"])
@@ -331,7 +333,7 @@ def test_an_endless_listing_stops_with_one_line(
         # the next run does not carry on from the last repeated page: it starts over where
         # the listing stopped bringing anything, and stops again as soon
         assert sync_cli(srv, db, capsys)[0] == 1
-        again = srv.list_pages()[len(asked):]
+        again = srv.list_pages()[len(asked) :]
     assert again[0] <= 2 and len(again) <= len(asked)
     line = one_error_line(err)
     assert code == 1 and "has_more=true" in line and "without a session" in line
@@ -365,11 +367,11 @@ def test_a_real_listing_with_five_empty_pages_in_a_row_completes(
 HOSTILE_TITLES = [
     "harmless\r@SUM(1+1)*cmd|' /C calc'!A0",
     "\r=1+1",
-    "two\nlines\n=HYPERLINK(\"x\")",
+    'two\nlines\n=HYPERLINK("x")',
     "crlf\r\n+cmd",
     "tab\r\t=1",
     "=plain formula",
-    "ok, with comma and \"quotes\"",
+    'ok, with comma and "quotes"',
 ]
 
 
@@ -439,7 +441,7 @@ def test_json_nested_100000_deep_is_one_line(
 def test_a_deep_json_error_body_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], key_env: None
 ) -> None:
-    deep = "{\"msg\":" * 50_000 + "1" + "}" * 50_000
+    deep = '{"msg":' * 50_000 + "1" + "}" * 50_000
     with HostileServer(lambda req: Reply(400, body=deep)) as srv:
         code, _out, err = sync_cli(srv, tmp_path / "c.duckdb", capsys)
     assert code == 1 and "400" in one_error_line(err)
@@ -545,7 +547,6 @@ def test_a_far_future_last_used_does_not_hide_later_sessions(
     assert "suspect" in out
 
 
-
 def test_a_suspect_watermark_left_by_an_older_sync_is_replaced(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], key_env: None
 ) -> None:
@@ -605,6 +606,7 @@ def test_a_huge_explicit_range_at_hourly_buckets_is_refused_with_its_size(
     assert "buckets, more than 200,000" in line and "--freq" in line
     assert main(["plot", "activity", GURU, *args[:-2], "-o", str(tmp_path / "a.png")]) == 2
     assert "more than 200,000" in one_error_line(capsys.readouterr().err)
+
 
 # --- 6. an undecodable title ----------------------------------------------------------
 
@@ -712,8 +714,15 @@ def test_undecodable_text_in_a_conversation_is_repaired() -> None:
         "date_created": stamp, "date_updated": stamp, "references": [], "trust_score": 80,
         "parent_slug": None, "source": "USER", "user_vote": None,
     }  # fmt: skip
-    body = json.dumps({"binge_id": "b1", "root_question_slug": "s \udfff",
-                       "date_created": stamp, "last_used": stamp, "conversation": [message]})
+    body = json.dumps(
+        {
+            "binge_id": "b1",
+            "root_question_slug": "s \udfff",
+            "date_created": stamp,
+            "last_used": stamp,
+            "conversation": [message],
+        }
+    )
     with (
         HostileServer(lambda req: Reply(body=body)) as srv,
         GurubaseClient(KEY, srv.base_url, rate_limit=None) as client,
@@ -733,9 +742,20 @@ def test_a_trust_score_out_of_range_is_dropped_not_fatal(
         if req.path.endswith("/sessions/"):
             return Reply(body=page(items, False))
         sid = req.path.split("/")[-3]
-        msg = {"id": "1", "slug": "q", "user_question": "u", "question": "q", "answer": "a",
-               "date_created": stamp, "date_updated": stamp, "references": [],
-               "trust_score": 10**30, "parent_slug": None, "source": "USER", "user_vote": None}
+        msg = {
+            "id": "1",
+            "slug": "q",
+            "user_question": "u",
+            "question": "q",
+            "answer": "a",
+            "date_created": stamp,
+            "date_updated": stamp,
+            "references": [],
+            "trust_score": 10**30,
+            "parent_slug": None,
+            "source": "USER",
+            "user_vote": None,
+        }
         return Reply(body={"binge_id": sid, "root_question_slug": "s", "date_created": stamp,
                            "last_used": stamp, "conversation": [msg]})  # fmt: skip
 
@@ -867,10 +887,14 @@ def test_a_sqlite_file_as_db_is_named_as_such(
 def test_cache_connections_never_install_or_load_extensions(tmp_path: Path) -> None:
     store = Store(tmp_path / "c.duckdb")
     try:
-        got = store.connection().execute(
-            "SELECT current_setting('autoinstall_known_extensions'), "
-            "current_setting('autoload_known_extensions')"
-        ).fetchone()
+        got = (
+            store.connection()
+            .execute(
+                "SELECT current_setting('autoinstall_known_extensions'), "
+                "current_setting('autoload_known_extensions')"
+            )
+            .fetchone()
+        )
     finally:
         store.close()
     assert got == (False, False)
@@ -958,9 +982,10 @@ def test_lock_messages_name_a_reader_or_a_sync(tmp_path: Path, kind: str) -> Non
         store = Store(db, lock_timeout=0.3)
         try:
             # a sync waits for a reader, never for another sync
-            with store.waiting_for_readers(0.3 if kind == "reader" else 600), pytest.raises(
-                CacheError
-            ) as info:
+            with (
+                store.waiting_for_readers(0.3 if kind == "reader" else 600),
+                pytest.raises(CacheError) as info,
+            ):
                 store.connection()
         finally:
             store.close()
@@ -1040,6 +1065,7 @@ def test_a_users_file_that_is_no_small_file_is_refused(
         assert srv.requests == []
     line = one_error_line(err)
     assert code == 2 and words in line and str(users) in line
+
 
 # --- the key stays out of everything ---------------------------------------------------
 

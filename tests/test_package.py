@@ -26,8 +26,7 @@ MAX_CLASS_LINES = 450
 HEAVY = ("pandas", "duckdb", "matplotlib", "requests", "numpy", "ipywidgets", "tqdm")
 
 # (test, module) -> why it fails today. Remove the entry with the fix.
-_KNOWN: dict[tuple[str, str], str] = {
-}
+_KNOWN: dict[tuple[str, str], str] = {}
 
 
 def _module_name(path: Path) -> str:

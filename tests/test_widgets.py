@@ -639,7 +639,9 @@ def test_progress_bar_never_moves_backwards_across_listings() -> None:
     assert view.bar.layout.display is None  # shown
     text = view.label.value
     assert "reading user:b" in text and "88%" in text and "100 of ~300 sessions" in text
-    assert "10 of ~20 requests" in text and "6.0 s/request" in text and "about 1 min 00 s left" in text
+    assert (
+        "10 of ~20 requests" in text and "6.0 s/request" in text and "about 1 min 00 s left" in text
+    )
 
 
 def test_progress_with_an_unknown_total_shows_sessions_so_far() -> None:

@@ -701,7 +701,9 @@ class Sessions:
             try:
                 with self._db.transaction(what) as conn:
                     written = write_batch(conn, guru, pages, seen, checked=checked)
-                    new = [sid for w, q in zip(written, queued, strict=False) if q for sid in w.new_ids]
+                    new = [
+                        sid for w, q in zip(written, queued, strict=False) if q for sid in w.new_ids
+                    ]
                     queue(conn, guru, new)
                     for sql, params in updates:
                         conn.execute(sql, params)

@@ -50,14 +50,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import pandas as pd
-
 from ..errors import ConfigError, GuruAnalyticsError, NotFoundError
 from ..interrupts import is_interrupt, sigint_held_off
 from ..paging import DEFAULT_TIE_REREAD_BUDGET, PageView, Pass, Row, is_suspect
 from ..progress import ProgressCallback, ProgressEstimator, TqdmProgress, bar_wanted
 from ..store import LISTING_COLUMNS, ListedPage, SyncState
-from ..timestamps import utc_now
+from ..timestamps import instant, utc_now
 from ._listings import (
     BATCH_PAGES,
     BATCH_SECONDS,
@@ -460,6 +458,7 @@ class _Syncer:
         unseen = unseen.sort_values("last_used", ascending=False)
         gone: list[str] = []
         suspects = 0
+        row: Any  # a pandas row tuple with the frame's column names
         for row in unseen.itertuples(index=False):
             sid = str(row.id)
             if not main.in_gap(_to_datetime(row.last_used)):
@@ -555,7 +554,8 @@ class _Syncer:
             self.answers.flush()  # written answers are no longer pending
             limit = MESSAGE_CHUNK + stuck
             batch = self.store.pending_message_fetches(self.guru, limit=limit)
-            fresh = [r for r in batch.itertuples(index=False) if str(r.id) not in tried]
+            rows: list[Any] = list(batch.itertuples(index=False))  # tuples named by column
+            fresh = [r for r in rows if str(r.id) not in tried]
             stuck = len(batch) - len(fresh)
             if not fresh:
                 if len(batch) < limit:
@@ -591,7 +591,7 @@ def _counters(client: Any) -> tuple[int, int, int]:
 
 
 def _to_datetime(value: Any) -> datetime:
-    ts = pd.Timestamp(value)
+    ts = instant(value)
     if ts.tzinfo is None:
         ts = ts.tz_localize("UTC")
     return ts.tz_convert("UTC").to_pydatetime()
@@ -834,6 +834,8 @@ def _estimate(
 
 
 def _end_run(store: Store, s: SyncSummary, error: str | None) -> None:
+    if s.run_id is None:  # begin_run failed: there is no run to close
+        return
     store.end_run(
         s.run_id,
         outcome=s.outcome,
