@@ -482,7 +482,11 @@ def render(
     checkpoint()
 
     users = frames.users(con, guru, tz=params.tz, **filters)
-    top_users = users.head(max(10, params.top_n)).reset_index(drop=True)
+    # the top ranked people, then "(unattributed)" apart (unranked: it is nobody's rank)
+    ranked = users["rank"].notna()
+    top_users = pd.concat(
+        [users[ranked].head(max(10, params.top_n)), users[~ranked]], ignore_index=True
+    )
     checkpoint()
 
     buckets = pd.DatetimeIndex(long["bucket"])

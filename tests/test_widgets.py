@@ -255,6 +255,9 @@ def test_initial_view_covers_the_cached_data(guru: Guru, dash: Dashboard) -> Non
     assert f"{lo:%Y-%m-%d %H:%M} – {hi:%Y-%m-%d %H:%M}" in cards_html
     top = dash.last.top_users
     assert top["user"].tolist()[:3] == guru.users()["user"].tolist()[:3]
+    # issue 16: "(unattributed)" is shown apart, last and unranked, never cut by the top N
+    assert top["user"].iloc[-1] == "(unattributed)" and pd.isna(top["rank"].iloc[-1])
+    assert top["rank"].iloc[:-1].notna().all() and len(top) == N_USERS + 1
     for view in (dash.summary_view, dash.activity_view, dash.users_view, dash.heatmap_view):
         assert len(view.outputs) == 1
     png = base64.b64decode(dash.activity_view.outputs[0]["data"]["image/png"])
@@ -689,3 +692,15 @@ def test_readable_tables_round_for_people_and_leave_the_frame_alone(guru: Guru) 
     assert readable(summary)["change_pct"].tolist() == ["+12%", "-3%", ""]
     html_table = users_html(users.head(3))
     assert shown["share"].iloc[0] in html_table and "last active" in html_table
+
+
+def test_unattributed_stays_in_the_users_table_past_the_top_ten(tmp_path: Path) -> None:
+    """Issue 16: the dashboard's users table ranks people only; "(unattributed)" is shown
+    apart, last and unranked, and the top-N cut never drops it (it has most sessions here)."""
+    with Guru.local(600, 14, 60, db=tmp_path / "c.duckdb") as g:
+        g.sync(progress=False)
+        with g.reader() as con:
+            top = render(con, g.slug, DashboardParams()).top_users
+    assert len(top) == 11 and top["user"].iloc[-1] == "(unattributed)"
+    ranks = top["rank"].iloc[:10]
+    assert pd.isna(top["rank"].iloc[-1]) and ranks.notna().all() and ranks.is_monotonic_increasing
