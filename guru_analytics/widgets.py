@@ -652,6 +652,8 @@ def readable(df: pd.DataFrame) -> pd.DataFrame:
             out[name] = [("" if pd.isna(v) else f"{100 * v:.1f}%") for v in s]
         elif name in _PERCENTS and pd.api.types.is_numeric_dtype(s):
             out[name] = [("" if pd.isna(v) else f"{v:+.0f}%") for v in s]
+        elif isinstance(s.dtype, pd.api.extensions.ExtensionDtype) and s.isna().any():
+            out[name] = s.astype(object).where(s.notna(), "")  # blank, not "<NA>"
     return out
 
 

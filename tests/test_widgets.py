@@ -704,3 +704,19 @@ def test_unattributed_stays_in_the_users_table_past_the_top_ten(tmp_path: Path) 
     assert len(top) == 11 and top["user"].iloc[-1] == "(unattributed)"
     ranks = top["rank"].iloc[:10]
     assert pd.isna(top["rank"].iloc[-1]) and ranks.notna().all() and ranks.is_monotonic_increasing
+
+
+def test_users_table_shows_no_rank_for_unattributed() -> None:
+    top = pd.DataFrame(
+        {
+            "rank": pd.array([1, None], dtype="Int64"),
+            "user": ["alice", "(unattributed)"],
+            "sessions": [3, 2],
+            "events": [3, 2],
+            "active_days": [1, 1],
+            "last_active": pd.to_datetime(["2025-01-01T10:00Z", "2025-01-01T11:00Z"]),
+            "share": [0.6, 0.4],
+        }
+    )
+    markup = users_html(top)
+    assert "&lt;NA&gt;" not in markup and "<NA>" not in markup and "(unattributed)" in markup
