@@ -417,16 +417,30 @@ def plot_sources(
     title: str | None = None,
 ) -> Axes:
     """Messages per bucket stacked by source, from ``frames.sources``."""
-    _need(df, ["bucket", "source", "messages"], "sources")
+    return _by_source(df, "sources", "messages", "Messages", kind, top, ax, title)
+
+
+def _by_source(
+    df: pd.DataFrame,
+    report: str,
+    metric: str,
+    label: str,
+    kind: str,
+    top: int,
+    ax: Axes | None,
+    title: str | None,
+) -> Axes:
+    """A count per bucket stacked by source: the top ``top`` sources, the rest as other."""
+    _need(df, ["bucket", "source", metric], report)
     ax = _axes(ax)
     tz, freq = _tz(df), _freq(df)
-    wide = frames.top_n(df, "messages", top, "source")
+    wide = frames.top_n(df, metric, top, "source")
     _bars_or_lines(ax, wide, freq, kind)
     _date_axis(ax, tz)
     _count_axis(ax)
-    ax.set_ylabel("Messages")
+    ax.set_ylabel(label)
     _legend(ax)
-    ax.set_title(title or _bucket_title("Messages", freq, tz, " by source"))
+    ax.set_title(title or _bucket_title(label, freq, tz, " by source"))
     ax.margins(x=0.01)
     return ax
 
@@ -489,18 +503,7 @@ def plot_question_sources(
     title: str | None = None,
 ) -> Axes:
     """Exported questions per bucket stacked by source, from ``frames.question_sources``."""
-    _need(df, ["bucket", "source", "questions"], "question_sources")
-    ax = _axes(ax)
-    tz, freq = _tz(df), _freq(df)
-    wide = frames.top_n(df, "questions", top, "source")
-    _bars_or_lines(ax, wide, freq, kind)
-    _date_axis(ax, tz)
-    _count_axis(ax)
-    ax.set_ylabel("Questions")
-    _legend(ax)
-    ax.set_title(title or _bucket_title("Questions", freq, tz, " by source"))
-    ax.margins(x=0.01)
-    return ax
+    return _by_source(df, "question_sources", "questions", "Questions", kind, top, ax, title)
 
 
 def plot_question_trust(
