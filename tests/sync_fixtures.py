@@ -115,3 +115,15 @@ def top_ids(srv: LocalGurubase, slug: str, start: int, stop: int) -> list[str]:
 
 def new_store(tmp_path: Path, name: str = "cache.duckdb") -> Store:
     return Store(tmp_path / name)
+
+
+def attribution(store: Store, slug: str) -> dict[str, set[str]]:
+    """The cache's attribution: external user id -> its session ids."""
+    with store.reader() as con:
+        rows = con.execute(
+            "SELECT external_user_id, id FROM session_users WHERE guru = ?", [slug]
+        ).fetchall()
+    out: dict[str, set[str]] = {}
+    for user, sid in rows:
+        out.setdefault(user, set()).add(sid)
+    return out

@@ -14,6 +14,7 @@ import pytest
 from sync_fixtures import (
     assert_exact,
     at_request,
+    attribution,
     cache,
     client_for,
     demo_server,
@@ -525,19 +526,8 @@ def test_progress_bar_shows_pages_and_rate_limit_pace(
 # --- the guru-wide listing as the change feed (issue 13, first part) ---------------------------
 
 
-def _attribution(store: Any, slug: str) -> dict[str, set[str]]:
-    with store.reader() as con:
-        rows = con.execute(
-            "SELECT external_user_id, id FROM session_users WHERE guru = ?", [slug]
-        ).fetchall()
-    out: dict[str, set[str]] = {}
-    for user, sid in rows:
-        out.setdefault(user, set()).add(sid)
-    return out
-
-
 def _assert_attributed(store: Any, srv: LocalGurubase, slug: str, users: list[str]) -> None:
-    got = _attribution(store, slug)
+    got = attribution(store, slug)
     for u in users:
         assert got.get(u, set()) == set(truth(srv, slug, u)), u
 

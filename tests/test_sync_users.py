@@ -20,6 +20,7 @@ import pytest
 from sync_fixtures import (
     assert_exact,
     at_request,
+    attribution,
     demo_server,
     list_requests,
     new_store,
@@ -33,23 +34,12 @@ from guru_analytics.store import Store
 from guru_analytics.timestamps import utc_now
 
 
-def _attribution(store: Store, slug: str) -> dict[str, set[str]]:
-    with store.reader() as con:
-        rows = con.execute(
-            "SELECT external_user_id, id FROM session_users WHERE guru = ?", [slug]
-        ).fetchall()
-    out: dict[str, set[str]] = {}
-    for user, sid in rows:
-        out.setdefault(user, set()).add(sid)
-    return out
-
-
 def _assert_attributed(
     store: Store, srv: LocalGurubase, slug: str, users: list[str], among: set[str] | None = None
 ) -> None:
     """Each user's attributed sessions equal the server's filtered listing (restricted to
     ``among``, the sessions that existed when the sync started, when given)."""
-    got = _attribution(store, slug)
+    got = attribution(store, slug)
     for u in users:
         want = set(truth(srv, slug, u))
         have = got.get(u, set())
